@@ -1,0 +1,263 @@
+"""Markdown for the generated site pages: one per paper, one per category, home, questions, bibliography.
+
+Pure functions from the registry, the notes pages and the results files to Markdown strings,
+so they can be tested without building the site. Reported numbers come from the registry,
+reproduced ones from `results/<id>.json`; nothing here retypes a number.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kb.schema import CATEGORIES, Paper, Registry
+
+__all__ = ["CATEGORY_TITLES", "SiteData", "category_page", "home_page", "load_site_data", "nav_label",
+           "paper_page", "questions_page", "bibliography_page"]
+
+CATEGORY_TITLES = {
+    "distillation": "Knowledge distillation",
+    "mutual-learning": "Mutual and online learning",
+    "self-distillation": "Self-distillation",
+    "pruning": "Pruning",
+    "quantization": "Quantization",
+    "low-rank": "Low-rank and weight sharing",
+    "automl": "AutoML for compression",
+    "architecture": "Efficient architectures",
+    "other": "Theory, surveys and other",
+}
+assert set(CATEGORY_TITLES) == set(CATEGORIES)
+
+BADGES = {
+    True: '<span class="kb-badge reproduced">reproduced</span>',
+    False: '<span class="kb-badge not-reproduced">not reproduced</span>',
+    None: '<span class="kb-badge not-run">not yet run</span>',
+}
+
+
+@dataclass(frozen=True)
+class SiteData:
+    """Everything the pages are made from."""
+
+    root: Path
+    registry: Registry
+    notes: dict[str, str]  # id -> notes page Markdown
+    results: dict[str, dict[str, Any]]  # id -> results JSON (validated when kb.results exists)
+
+
+def load_site_data(root: Path) -> SiteData:
+    """Read the registry, notes pages and results files under `root`."""
+    from kb.registry import load_registry
+
+    registry = load_registry(root)
+    notes = {p.id: (root / p.notes).read_text(encoding="utf-8") for p in registry.papers if (root / p.notes).is_file()}
+    results = {}
+    for paper in registry.papers:
+        path = root / "results" / f"{paper.id}.json"
+        if path.is_file():
+            try:
+                from kb.results import load_result
+
+                results[paper.id] = load_result(path).model_dump(mode="json")
+            except ImportError:
+                results[paper.id] = json.loads(path.read_text(encoding="utf-8"))
+    return SiteData(root, registry, notes, results)
+
+
+def verdict(data: SiteData, paper_id: str) -> bool | None:
+    """True/False when a reproduction ran and did/did not reproduce the claim; None when not run."""
+    result = data.results.get(paper_id)
+    return None if result is None else bool(result["claim"]["reproduced"])
+
+
+def nav_label(paper: Paper) -> str:
+    """A short sidebar label: the title up to its colon, shortened."""
+    head = paper.title.split(":")[0].strip()
+    return head if len(head) <= 48 else head[:45].rstrip() + "..."
+
+
+def _cell(text: Any) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}" if abs(value) < 1e4 else f"{value:,.0f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return _cell(value)
+
+
+def _links(paper: Paper) -> str:
+    links = []
+    if paper.arxiv:
+        links.append(f"[arXiv:{paper.arxiv}](https://arxiv.org/abs/{paper.arxiv})")
+    if paper.url and (not paper.arxiv or paper.arxiv not in paper.url):
+        links.append(f"[paper]({paper.url})")
+    return " · ".join(links)
+
+
+def _status(data: SiteData, paper: Paper) -> str:
+    return f"{paper.status} · {BADGES[verdict(data, paper.id)]}"
+
+
+def _results_section(data: SiteData, paper: Paper) -> list[str]:
+    out = ["## Results", ""]
+    out += ["### Reported by the paper", "", '<span class="kb-badge reported">reported</span> '
+            "Numbers as printed in the paper, with where it prints them.", ""]
+    if paper.reported:
+        out += ["| Dataset | Model | Metric | Value | Setting | Where |", "|---|---|---|---|---|---|"]
+        for r in paper.reported:
+            out.append(f"| {_cell(r.dataset)} | {_cell(r.model)} | {_cell(r.metric)} | {_fmt(r.value)} | "
+                       f"{_cell(r.setting or '')} | {_cell(r.source)} |")
+    else:
+        out.append("No headline numbers recorded from the paper yet.")
+    out += ["", "### Reproduced here", "", '<span class="kb-badge ours">reproduced</span> '
+            "Numbers from our own runs, written by `kb run` into `results/" + paper.id + ".json`.", ""]
+    result = data.results.get(paper.id)
+    if result is None:
+        how = f"`kb run {paper.id}`" if paper.status == "implemented" else "an implementation (none yet)"
+        out += [f"{BADGES[None]} This needs {how}.", ""]
+        return out
+    claim = result["claim"]
+    out += [f"{BADGES[bool(claim['reproduced'])]} **Claim:** {claim['text']}", "",
+            f"**Evidence:** {claim['evidence']}", ""]
+    proto = result["protocol"]
+    seeds = proto.get("seeds") or []
+    out += [f"Protocol: dataset `{proto.get('dataset')}`, {len(seeds)} seed(s) {seeds}, "
+            f"{proto.get('epochs')} epoch(s), {proto.get('selection')} epoch reported; profile `{result['profile']}`. "
+            f"{proto.get('notes') or ''}", ""]
+    out += ["| Variant | Role | Accuracy (mean ± std) | Params | Nonzero | Bytes | FLOPs | Latency (ms) | Bits |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for row in result["rows"]:
+        acc = row.get("accuracy") or {}
+        acc_text = f"{acc['mean']:.4f} ± {acc.get('std') or 0:.4f}" if acc.get("mean") is not None else "–"
+        out.append(f"| {_cell(row.get('label') or row['name'])} | {row.get('role', '')} | {acc_text} | "
+                   f"{_fmt(row.get('params'))} | {_fmt(row.get('nonzero_params'))} | {_fmt(row.get('bytes'))} | "
+                   f"{_fmt(row.get('flops'))} | {_fmt(row.get('latency_ms'))} | {_fmt(row.get('bits'))} |")
+    out.append("")
+    for fig in result.get("figures") or []:
+        name = Path(fig).name
+        out += ['<figure class="kb-figure" markdown>', f"![{name}](../figures/{name})", "</figure>", ""]
+    env = result.get("environment") or {}
+    out += [f"Command: `{result.get('command') or 'kb run ' + paper.id}` · torch {env.get('torch', '?')} on "
+            f"{env.get('device', '?')} · commit `{(env.get('git_commit') or 'unknown')[:10]}` · "
+            f"{result.get('wall_time_s', 0):.1f} s · {result.get('created', '')}", ""]
+    return out
+
+
+def _questions_section(data: SiteData, paper: Paper) -> list[str]:
+    if not paper.open_questions:
+        return []
+    answers = {a["question"]: a for a in (data.results.get(paper.id) or {}).get("answers") or []}
+    out = ["## Questions from the reading notes", ""]
+    for q in paper.open_questions:
+        out.append(f"**{_cell(q.question)}**")
+        out.append("")
+        if q.notes_answer:
+            out += [f"- *The notes' answer:* {q.notes_answer}"]
+        if q.experiment_answer:
+            out += [f"- *Our experiment:* {q.experiment_answer}"]
+        if q.question in answers:
+            a = answers[q.question]
+            out += [f"- *Our experiment ({data.results[paper.id]['profile']} profile):* {a['answer']} "
+                    f"({a.get('evidence', '')})"]
+        if not (q.notes_answer or q.experiment_answer or q.question in answers):
+            out += ["- Open: no answer yet."]
+        out.append("")
+    return out
+
+
+def paper_page(data: SiteData, paper: Paper) -> str:
+    """The whole page of one paper."""
+    from kb.bibtex import paper_bibtex
+
+    cat = paper.category
+    meta = [
+        ("Authors", ", ".join(paper.authors)),
+        ("Published", f"{paper.venue}, {paper.year}"),
+        ("Links", _links(paper)),
+        ("Category", f"[{CATEGORY_TITLES[cat]}](../categories/{cat}.md)"
+         + (" · " + ", ".join(f"`{t}`" for t in paper.tags) if paper.tags else "")),
+        ("In the notes", ", ".join(f"`{m}`" for m in paper.mentioned_in) or "–"),
+        ("Status", _status(data, paper)),
+    ]
+    out = [f"# {paper.title}", "", '<div class="kb-meta" markdown>', "", "| | |", "|---|---|"]
+    out += [f"| {k} | {_cell(v)} |" for k, v in meta]
+    out += ["", "</div>", "", '!!! abstract "Summary"', "", "    " + paper.summary, ""]
+    if paper.notes_corrections:
+        out += ['!!! note "Corrections to the reading notes"', ""]
+        out += [f"    - {c}" for c in paper.notes_corrections] + [""]
+    out += [data.notes.get(paper.id, "*Notes page missing.*").strip(), ""]
+    out += _questions_section(data, paper)
+    out += _results_section(data, paper)
+    if paper.implementation is not None:
+        impl = paper.implementation
+        out += ["## Implementation", "",
+                f"`{impl.path}` · entry point `{impl.entrypoint}` · fidelity **{impl.fidelity}** · "
+                f"tests `{impl.test}`", ""]
+        if paper.status == "implemented":
+            out += [f"::: {paper.module}", ""]
+        else:
+            out += ["The module is still a scaffold.", ""]
+    out += ["## BibTeX", "", "```bibtex", paper_bibtex(paper).strip(), "```", ""]
+    return "\n".join(out)
+
+
+def category_page(data: SiteData, category: str) -> str:
+    """The index page of one category: its papers with status and verdict."""
+    papers = [p for p in data.registry.papers if p.category == category]
+    out = [f"# {CATEGORY_TITLES[category]}", "", f"{len(papers)} paper(s) from the reading notes.", "",
+           "| Paper | Year | Venue | Status | Headline claim |", "|---|---|---|---|---|"]
+    for p in sorted(papers, key=lambda p: (p.year, p.id)):
+        out.append(f"| [{_cell(p.title)}](../papers/{p.id}.md) | {p.year} | {_cell(p.venue)} | {p.status} | "
+                   f"{BADGES[verdict(data, p.id)]} |")
+    return "\n".join(out) + "\n"
+
+
+def home_page(data: SiteData) -> str:
+    """The home page: what this is, and counts across the registry."""
+    papers = data.registry.papers
+    out = ["# Model compression knowledge base", "",
+           "Reading notes on model-compression papers (distillation, mutual and self-distillation, pruning, "
+           "quantization, low-rank, AutoML and efficient architectures), each with its equations, open "
+           "questions and, where written, a runnable PyTorch implementation whose small-scale reproduction "
+           "checks the paper's headline claim. Numbers are tagged: "
+           '<span class="kb-badge reported">reported</span> by the paper, '
+           '<span class="kb-badge ours">reproduced</span> by our own runs.', "",
+           "| Category | Papers | Implemented | Reproduced | Not reproduced |", "|---|---|---|---|---|"]
+    totals = [0, 0, 0, 0]
+    for cat in CATEGORIES:
+        group = [p for p in papers if p.category == cat]
+        if not group:
+            continue
+        row = [len(group), sum(p.status == "implemented" for p in group),
+               sum(verdict(data, p.id) is True for p in group), sum(verdict(data, p.id) is False for p in group)]
+        totals = [a + b for a, b in zip(totals, row, strict=True)]
+        out.append(f"| [{CATEGORY_TITLES[cat]}](categories/{cat}.md) | " + " | ".join(map(str, row)) + " |")
+    out.append("| **All** | " + " | ".join(f"**{t}**" for t in totals) + " |")
+    out += ["", "See also: [open questions from the notes](open-questions.md) · [bibliography](bibliography.md).", ""]
+    return "\n".join(out)
+
+
+def questions_page(data: SiteData) -> str:
+    """Every open question the notes raise, with the notes' answers and our experiments'."""
+    out = ["# Open questions from the notes", "",
+           "Questions the reading notes raise, with the notes' own answer where they give one and the "
+           "answer of our small-scale experiments where one has run.", ""]
+    for p in data.registry.papers:
+        section = _questions_section(data, p)
+        if section:
+            out += [f"## [{_cell(p.title)}](papers/{p.id}.md)", ""] + section[2:]
+    return "\n".join(out) + "\n"
+
+
+def bibliography_page(data: SiteData) -> str:
+    """The bibliography page, linking the BibTeX export of the whole registry."""
+    return ("# Bibliography\n\n"
+            f"All {len(data.registry.papers)} papers as BibTeX: [download registry.bib](registry.bib) "
+            "(the same file `kb bib` prints).\n")

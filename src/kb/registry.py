@@ -1,0 +1,251 @@
+"""Read, check and write `registry.yaml`.
+
+Reading rejects duplicate YAML keys (ruamel.yaml does) and turns pydantic's errors into one
+line per problem that names the file and the entry. Writing goes through ruamel's round-trip
+mode, so comments and key order survive, and always through a temporary file that is
+validated before it replaces the real one: a failed write leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import ast
+import io
+import json
+import os
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+from ruamel.yaml import YAML
+from ruamel.yaml.error import YAMLError
+
+from kb.schema import Paper, Registry
+
+__all__ = [
+    "CheckReport",
+    "RegistryError",
+    "check_repository",
+    "find_root",
+    "load_raw",
+    "load_registry",
+    "parse_registry_text",
+    "write_raw",
+]
+
+REGISTRY_FILE = "registry.yaml"
+
+
+class RegistryError(Exception):
+    """A problem with the registry, already phrased for the user (file, entry, field)."""
+
+
+def find_root(start: Path | None = None) -> Path:
+    """The repository root: the nearest folder at or above `start` holding `registry.yaml`.
+
+    `KB_ROOT` in the environment wins, so the tool also works from outside the checkout.
+    """
+    env = os.environ.get("KB_ROOT")
+    if env:
+        return Path(env).resolve()
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / REGISTRY_FILE).is_file():
+            return folder
+    raise RegistryError(f"no {REGISTRY_FILE} in {here} or any parent folder (or set KB_ROOT)")
+
+
+def _yaml() -> YAML:
+    yaml = YAML(typ="rt")
+    yaml.allow_duplicate_keys = False
+    yaml.preserve_quotes = True
+    yaml.width = 4096
+    yaml.indent(mapping=2, sequence=2, offset=0)
+    return yaml
+
+
+def load_raw(path: Path) -> Any:
+    """The round-trip YAML document (comments kept), or a RegistryError naming the file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise RegistryError(f"{path}: file not found") from exc
+    try:
+        return _yaml().load(text)
+    except YAMLError as exc:
+        raise RegistryError(f"{path}: malformed YAML: {' '.join(str(exc).split())}") from exc
+
+
+def _plain(node: Any) -> Any:
+    """ruamel's commented containers as plain dicts, lists and scalars."""
+    if isinstance(node, dict):
+        return {str(k): _plain(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_plain(v) for v in node]
+    if isinstance(node, str):
+        return str(node)
+    return node
+
+
+def _describe_errors(path: Path, raw: Any, exc: ValidationError) -> list[str]:
+    papers = raw.get("papers") if isinstance(raw, dict) else None
+    lines = []
+    for err in exc.errors():
+        loc = list(err["loc"])
+        where = "registry"
+        if len(loc) >= 2 and loc[0] == "papers" and isinstance(loc[1], int):
+            index = loc[1]
+            entry = papers[index] if isinstance(papers, list) and index < len(papers) else None
+            entry_id = entry.get("id") if isinstance(entry, dict) else None
+            where = f"entry {entry_id!r} (papers[{index}])" if entry_id else f"papers[{index}]"
+            loc = loc[2:]
+        fld = ".".join(str(part) for part in loc if not str(part).startswith("function-"))
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field"
+        lines.append(f"{path}: {where}: {'field ' + repr(fld) + ': ' if fld else ''}{msg}")
+    return lines
+
+
+def parse_registry_text(raw: Any, path: Path) -> Registry:
+    """Validate an already loaded YAML document; errors name the file and the entry."""
+    if not isinstance(raw, dict) or "papers" not in raw:
+        raise RegistryError(f"{path}: expected a mapping with a top-level `papers:` list")
+    try:
+        return Registry.model_validate(_plain(raw))
+    except ValidationError as exc:
+        raise RegistryError("\n".join(_describe_errors(path, raw, exc))) from exc
+
+
+def load_registry(root: Path | None = None) -> Registry:
+    """Load and validate `registry.yaml` under `root` (found from the working directory by default)."""
+    root = root or find_root()
+    path = root / REGISTRY_FILE
+    return parse_registry_text(load_raw(path), path)
+
+
+def write_raw(path: Path, doc: Any) -> None:
+    """Validate `doc` and atomically replace `path` with it; on any error the old file stays."""
+    buffer = io.StringIO()
+    _yaml().dump(doc, buffer)
+    text = buffer.getvalue()
+    parse_registry_text(_yaml().load(text), path)  # never write an invalid registry
+    fd, tmp = tempfile.mkstemp(prefix=".registry.", suffix=".yaml", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# ---------------------------------------------------------------------------
+# Consistency between the registry and the files on disk
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class CheckReport:
+    """What `kb check` found: errors fail the check, notes are printed for information."""
+
+    errors: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+def _inside(root: Path, rel: str) -> bool:
+    return (root / rel).resolve().is_relative_to(root.resolve())
+
+
+def _module_all(path: Path) -> list[str] | None:
+    """The names in a module's `__all__`, read without importing it (no torch needed)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    for node in tree.body:
+        targets = node.targets if isinstance(node, ast.Assign) else []
+        if any(isinstance(t, ast.Name) and t.id == "__all__" for t in targets):
+            try:
+                return [str(v) for v in ast.literal_eval(node.value)]
+            except ValueError:
+                return None
+    return None
+
+
+def _listing(root: Path, pattern: str) -> Iterable[Path]:
+    return sorted(p for p in root.glob(pattern) if p.is_file())
+
+
+def check_repository(root: Path, registry: Registry) -> CheckReport:
+    """Both-way consistency between the registry and the notes, code, tests and results on disk."""
+    report = CheckReport()
+    reg = root / REGISTRY_FILE
+    by_id = {p.id: p for p in registry.papers}
+    for paper in registry.papers:
+        where = f"{reg}: entry {paper.id!r}"
+        rels = [paper.notes] + ([paper.implementation.path, paper.implementation.test] if paper.implementation else [])
+        for rel in rels:
+            if not _inside(root, rel):
+                report.errors.append(f"{where}: path {rel!r} points outside the repository")
+            elif not (root / rel).is_file():
+                report.errors.append(f"{where}: missing file {rel} (run `kb add`/`kb implement` or create it)")
+        impl = paper.implementation
+        if impl and (root / impl.path).is_file() and _inside(root, impl.path):
+            try:
+                exported = _module_all(root / impl.path)
+            except SyntaxError as exc:
+                report.errors.append(f"{where}: {impl.path} does not parse: {exc}")
+                exported = []
+            if exported is None:
+                report.errors.append(f"{where}: {impl.path} has no literal `__all__`")
+            elif exported and impl.entrypoint not in exported:
+                report.errors.append(f"{where}: entrypoint {impl.entrypoint!r} is not in {impl.path}'s __all__")
+        if paper.status == "scaffolded":
+            report.notes.append(f"{paper.id}: scaffolded, not yet implemented (its test fails until written)")
+
+    # The other direction: every file that names a paper id must have an entry.
+    strays: dict[str, list[str]] = {"notes pages": [], "implementation modules": [], "tests": [], "results": []}
+    for path in _listing(root, "papers/*.md"):
+        if path.stem not in by_id:
+            strays["notes pages"].append(str(path.relative_to(root)))
+    registered_modules = {p.implementation.path for p in registry.papers if p.implementation}
+    for path in _listing(root, "implementations/*/*.py"):
+        if not path.name.startswith("_") and str(path.relative_to(root)) not in registered_modules:
+            strays["implementation modules"].append(str(path.relative_to(root)))
+    for path in _listing(root, "tests/implementations/test_*.py"):
+        paper_id = path.stem.removeprefix("test_")
+        if paper_id not in by_id or by_id[paper_id].implementation is None:
+            strays["tests"].append(str(path.relative_to(root)))
+    for path in _listing(root, "results/*.json"):
+        if path.stem not in by_id:
+            strays["results"].append(str(path.relative_to(root)))
+        else:
+            report.errors.extend(_check_result(path, by_id[path.stem]))
+    for kind, paths in strays.items():
+        if paths:
+            report.errors.append(f"{kind} without a registry entry (run `kb add`): {', '.join(paths)}")
+    return report
+
+
+def _check_result(path: Path, paper: Paper) -> list[str]:
+    try:
+        from kb.results import load_result
+    except ImportError:  # the results schema is optional until the harness lands
+        try:
+            json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            return [f"{path}: not valid JSON: {exc}"]
+        return []
+    try:
+        result = load_result(path)
+    except Exception as exc:  # noqa: BLE001 - load_result phrases its own errors
+        return [str(exc)]
+    if result.id != paper.id:
+        return [f"{path}: id {result.id!r} does not match the file name"]
+    if paper.implementation is None:
+        return [f"{path}: results exist but entry {paper.id!r} has no implementation"]
+    return []

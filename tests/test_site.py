@@ -1,0 +1,68 @@
+"""The documentation site: builds strict and offline, one page per paper, math and results rendered."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kb.pages import load_site_data, paper_page
+from kb.registry import load_registry
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("site")
+    proc = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-q", "-f", str(ROOT / "mkdocs.yml"),
+                           "-d", str(out)], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return out
+
+
+def test_every_paper_and_category_has_a_page(built: Path) -> None:
+    registry = load_registry(ROOT)
+    missing = [p.id for p in registry.papers if not (built / "papers" / p.id / "index.html").is_file()]
+    assert missing == []
+    for category in {p.category for p in registry.papers}:
+        assert (built / "categories" / category / "index.html").is_file()
+    for page in ["index.html", "open-questions/index.html", "bibliography/index.html", "registry.bib"]:
+        assert (built / page).is_file(), page
+
+
+def test_site_is_offline(built: Path) -> None:
+    """No page loads a script, stylesheet or font from the network."""
+    remote = re.compile(r"""<(?:script|link)[^>]+(?:src|href)=["']https?://""", re.IGNORECASE)
+    for html in built.rglob("*.html"):
+        text = html.read_text(encoding="utf-8")
+        assert not remote.search(text), html
+        assert "fonts.googleapis" not in text, html
+    assert (built / "javascripts" / "katex" / "katex.min.js").is_file()
+    assert list((built / "javascripts" / "katex" / "fonts").glob("*.woff2"))
+
+
+def test_paper_page_has_math_metadata_and_bibtex(built: Path) -> None:
+    html = (built / "papers" / "kd_hinton2015" / "index.html").read_text(encoding="utf-8")
+    assert 'class="arithmatex"' in html
+    assert "Distilling the Knowledge in a Neural Network" in html
+    assert "arxiv.org/abs/1503.02531" in html
+    assert "@misc{hinton2015distilling" in html or "hinton2015distilling" in html
+
+
+def test_paper_page_marks_reported_and_reproduced_numbers() -> None:
+    data = load_site_data(ROOT)
+    for paper in data.registry.papers:
+        text = paper_page(data, paper)
+        assert text.startswith(f"# {paper.title}\n")
+        assert "Reported by the paper" in text and "Reproduced here" in text
+        if paper.id not in data.results:
+            assert "not yet run" in text
+        else:
+            verdict = "not reproduced" if not data.results[paper.id]["claim"]["reproduced"] else "reproduced"
+            assert f'kb-badge {verdict.replace(" ", "-")}' in text
+        for reported in paper.reported:
+            assert reported.source in text  # every reported number shows where the paper prints it
