@@ -176,3 +176,15 @@ def test_schema_export(tiny: Path) -> None:
 def test_bib_export_to_file(tiny: Path) -> None:
     assert main(["bib", "-o", "out.bib"]) == 0
     assert "@inproceedings{hinton2015distilling," in (tiny / "out.bib").read_text(encoding="utf-8")
+
+
+def test_status_refuses_scaffold_then_accepts_real_code(tiny: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["implement", "kd_hinton2015", "--entrypoint", "KD"]) == 0
+    assert main(["status", "kd_hinton2015", "implemented"]) == 2
+    assert "still the scaffold" in capsys.readouterr().err
+    (tiny / "implementations/distillation/kd_hinton2015.py").write_text('__all__ = ["KD"]\nKD = 1\n', encoding="utf-8")
+    (tiny / "tests/implementations/test_kd_hinton2015.py").write_text("def test_x():\n    assert 1\n", encoding="utf-8")
+    assert main(["status", "kd_hinton2015", "implemented", "--fidelity", "faithful"]) == 0
+    paper = load_registry(tiny).get("kd_hinton2015")
+    assert (paper.status, paper.implementation.fidelity) == ("implemented", "faithful")
+    assert main(["status", "nope_nobody2020", "implemented"]) == 2

@@ -14,8 +14,17 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from kb.registry import REGISTRY_FILE, RegistryError, check_repository, find_root, load_raw, load_registry, write_raw
-from kb.schema import CATEGORIES, FIDELITIES, ID_PATTERN, Paper, Registry
+from kb.registry import (
+    REGISTRY_FILE,
+    RegistryError,
+    check_repository,
+    find_root,
+    load_raw,
+    load_registry,
+    registry_lock,
+    write_raw,
+)
+from kb.schema import CATEGORIES, FIDELITIES, ID_PATTERN, STATUSES, Paper, Registry
 
 __all__ = ["main"]
 
@@ -230,7 +239,37 @@ def implement(root: Path, paper_id: str, *, family: str | None, entrypoint: str 
         raise
     for created in files:
         print(f"kb implement: wrote {created.relative_to(root)}")
-    print(f"kb implement: {paper_id!r} is now 'scaffolded'; set status: implemented once code and tests are written")
+    print(f"kb implement: {paper_id!r} is now 'scaffolded'; run `kb status {paper_id} implemented` when written")
+    return 0
+
+
+SCAFFOLD_MARK = "scaffold written by `kb implement`"
+
+
+def set_status(root: Path, paper_id: str, status: str, fidelity: str | None) -> int:
+    """Change an entry's status (and fidelity); `implemented` needs real code and tests, not the scaffold."""
+    path = root / REGISTRY_FILE
+    doc = load_raw(path)
+    paper = load_registry(root).get(paper_id)
+    if paper is None:
+        raise UsageError(f"{path}: no entry {paper_id!r}")
+    if status != "noted" and paper.implementation is None:
+        raise UsageError(f"{path}: entry {paper_id!r} has no implementation block (run `kb implement {paper_id}`)")
+    if status == "noted" and paper.implementation is not None:
+        raise UsageError(f"{path}: entry {paper_id!r} has an implementation; remove its block by hand first")
+    if status == "implemented":
+        for rel in (paper.implementation.path, paper.implementation.test):
+            file = root / rel
+            if not file.is_file():
+                raise UsageError(f"entry {paper_id!r}: missing file {rel}")
+            if SCAFFOLD_MARK in file.read_text(encoding="utf-8"):
+                raise UsageError(f"entry {paper_id!r}: {rel} is still the scaffold; write it before marking done")
+    raw = next(p for p in doc["papers"] if str(p.get("id")) == paper_id)
+    raw["status"] = status
+    if fidelity is not None:
+        raw["implementation"]["fidelity"] = fidelity
+    write_raw(path, doc)
+    print(f"kb status: {paper_id!r} is now {status!r}")
     return 0
 
 
@@ -389,6 +428,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--entrypoint")
     p.add_argument("--fidelity", choices=FIDELITIES, default="partial")
 
+    p = sub.add_parser("status", help="set an entry's status (implemented needs real code and tests)")
+    p.add_argument("id")
+    p.add_argument("status", choices=STATUSES)
+    p.add_argument("--fidelity", choices=FIDELITIES)
+
     p = sub.add_parser("bib", help="export the registry as BibTeX")
     p.add_argument("-o", "--output", type=Path)
 
@@ -422,14 +466,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "check":
             return check(root)
         if args.command == "fmt":
-            return fmt(root)
+            with registry_lock(root):
+                return fmt(root)
         if args.command == "schema":
             return schema(args.output)
         if args.command == "add":
             entry = _entry_from_args(args)
-            return add(root, entry, family=args.family, entrypoint=args.entrypoint, notes_only=args.notes_only)
+            with registry_lock(root):
+                return add(root, entry, family=args.family, entrypoint=args.entrypoint, notes_only=args.notes_only)
         if args.command == "implement":
-            return implement(root, args.id, family=args.family, entrypoint=args.entrypoint, fidelity=args.fidelity)
+            with registry_lock(root):
+                return implement(root, args.id, family=args.family, entrypoint=args.entrypoint,
+                                 fidelity=args.fidelity)
+        if args.command == "status":
+            with registry_lock(root):
+                return set_status(root, args.id, args.status, args.fidelity)
         if args.command == "bib":
             return bib(root, args.output)
         if args.command == "run":

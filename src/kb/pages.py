@@ -14,8 +14,8 @@ from typing import Any
 
 from kb.schema import CATEGORIES, Paper, Registry
 
-__all__ = ["CATEGORY_TITLES", "SiteData", "category_page", "home_page", "load_site_data", "nav_label",
-           "paper_page", "questions_page", "bibliography_page"]
+__all__ = ["CATEGORY_TITLES", "SiteData", "bibliography_page", "category_page", "home_page", "leaderboard",
+           "load_site_data", "nav_label", "paper_page", "pareto_points", "questions_page"]
 
 CATEGORY_TITLES = {
     "distillation": "Knowledge distillation",
@@ -131,11 +131,11 @@ def _results_section(data: SiteData, paper: Paper) -> list[str]:
     out += [f"Protocol: dataset `{proto.get('dataset')}`, {len(seeds)} seed(s) {seeds}, "
             f"{proto.get('epochs')} epoch(s), {proto.get('selection')} epoch reported; profile `{result['profile']}`. "
             f"{proto.get('notes') or ''}", ""]
-    out += ["| Variant | Role | Accuracy (mean ± std) | Params | Nonzero | Bytes | FLOPs | Latency (ms) | Bits |",
+    out += ["| Variant | Role | Accuracy % (mean ± std) | Params | Nonzero | Bytes | FLOPs | Latency (ms) | Bits |",
             "|---|---|---|---|---|---|---|---|---|"]
     for row in result["rows"]:
         acc = row.get("accuracy") or {}
-        acc_text = f"{acc['mean']:.4f} ± {acc.get('std') or 0:.4f}" if acc.get("mean") is not None else "–"
+        acc_text = f"{acc['mean']:.2f} ± {acc.get('std') or 0:.2f}" if acc.get("mean") is not None else "–"
         out.append(f"| {_cell(row.get('label') or row['name'])} | {row.get('role', '')} | {acc_text} | "
                    f"{_fmt(row.get('params'))} | {_fmt(row.get('nonzero_params'))} | {_fmt(row.get('bytes'))} | "
                    f"{_fmt(row.get('flops'))} | {_fmt(row.get('latency_ms'))} | {_fmt(row.get('bits'))} |")
@@ -208,14 +208,67 @@ def paper_page(data: SiteData, paper: Paper) -> str:
     return "\n".join(out)
 
 
+def _best(rows: list[dict[str, Any]], role: str) -> dict[str, Any] | None:
+    candidates = [r for r in rows if r.get("role") == role]
+    return max(candidates, key=lambda r: r["accuracy"]["mean"]) if candidates else None
+
+
+def pareto_points(data: SiteData, category: str) -> tuple[list[Any], str]:
+    """Points (paper, variant, size, accuracy) of a category's results; size is bytes, else parameters."""
+    from kb.plots import Point
+
+    rows = [(pid, row) for pid, result in data.results.items()
+            if data.registry.get(pid) is not None and data.registry.get(pid).category == category
+            for row in result["rows"]]
+    for key, label in (("bytes", "model size (bytes)"), ("params", "parameters")):
+        points = [Point(pid, row.get("label") or row["name"], float(row[key]), row["accuracy"]["mean"])
+                  for pid, row in rows if row.get(key)]
+        if len(points) >= 2:
+            return points, label
+    return [], ""
+
+
+def leaderboard(data: SiteData, category: str) -> list[str]:
+    """Per paper with results: the best method row against the best baseline row, with sizes and verdict."""
+    papers = [p for p in data.registry.papers if p.category == category and p.id in data.results]
+    if not papers:
+        return []
+    out = ["## Leaderboard (reproduced)", "",
+           "Each row is one paper's own small-scale protocol: compare accuracies only between rows with the same "
+           "dataset and protocol. Method = the paper's best variant; baseline = the best variant it is compared "
+           "with (same seeds and epochs).", "",
+           "| Paper | Dataset | Epochs × seeds | Method acc % | Baseline acc % | Δ | Params | Bytes | FLOPs | "
+           "Latency ms | Verdict |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for p in papers:
+        result = data.results[p.id]
+        method, base = _best(result["rows"], "method"), _best(result["rows"], "baseline")
+        proto = result["protocol"]
+        m_acc = method["accuracy"]["mean"] if method else None
+        b_acc = base["accuracy"]["mean"] if base else None
+        delta = f"{m_acc - b_acc:+.2f}" if m_acc is not None and b_acc is not None else "–"
+        out.append(f"| [{_cell(nav_label(p))}](../papers/{p.id}.md) | `{proto['dataset']}` | "
+                   f"{proto['epochs']} × {len(proto['seeds'])} | {_fmt(m_acc)} | {_fmt(b_acc)} | {delta} | "
+                   f"{_fmt((method or {}).get('params'))} | {_fmt((method or {}).get('bytes'))} | "
+                   f"{_fmt((method or {}).get('flops'))} | {_fmt((method or {}).get('latency_ms'))} | "
+                   f"{BADGES[verdict(data, p.id)]} |")
+    out.append("")
+    if pareto_points(data, category)[0]:
+        out += ["### Accuracy against size", "", f"![Pareto plot of {category}](../figures/pareto_{category}.png)",
+                "", "Every trained variant of every paper in this category; the black step line is the Pareto "
+                "front (no other variant is both smaller and more accurate).", ""]
+    return out
+
+
 def category_page(data: SiteData, category: str) -> str:
-    """The index page of one category: its papers with status and verdict."""
+    """The index page of one category: its papers with status and verdict, then the leaderboard and plot."""
     papers = [p for p in data.registry.papers if p.category == category]
     out = [f"# {CATEGORY_TITLES[category]}", "", f"{len(papers)} paper(s) from the reading notes.", "",
            "| Paper | Year | Venue | Status | Headline claim |", "|---|---|---|---|---|"]
     for p in sorted(papers, key=lambda p: (p.year, p.id)):
         out.append(f"| [{_cell(p.title)}](../papers/{p.id}.md) | {p.year} | {_cell(p.venue)} | {p.status} | "
                    f"{BADGES[verdict(data, p.id)]} |")
+    out.append("")
+    out += leaderboard(data, category)
     return "\n".join(out) + "\n"
 
 

@@ -9,6 +9,8 @@ validated before it replaces the real one: a failed write leaves nothing half-wr
 from __future__ import annotations
 
 import ast
+import contextlib
+import fcntl
 import io
 import json
 import os
@@ -26,6 +28,7 @@ from kb.schema import Paper, Registry
 
 __all__ = [
     "CheckReport",
+    "registry_lock",
     "RegistryError",
     "check_repository",
     "find_root",
@@ -124,6 +127,18 @@ def load_registry(root: Path | None = None) -> Registry:
     root = root or find_root()
     path = root / REGISTRY_FILE
     return parse_registry_text(load_raw(path), path)
+
+
+@contextlib.contextmanager
+def registry_lock(root: Path):  # noqa: ANN201 - a context manager
+    """Hold an exclusive lock on the registry for a whole read-modify-write (parallel `kb add`s)."""
+    fd = os.open(root, os.O_RDONLY)  # lock the folder itself: no lock file left behind
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
 
 
 def write_raw(path: Path, doc: Any) -> None:
@@ -248,4 +263,6 @@ def _check_result(path: Path, paper: Paper) -> list[str]:
         return [f"{path}: id {result.id!r} does not match the file name"]
     if paper.implementation is None:
         return [f"{path}: results exist but entry {paper.id!r} has no implementation"]
-    return []
+    questions = {q.question for q in paper.open_questions}
+    return [f"{path}: answer to {a.question!r} matches no open question of entry {paper.id!r} in the registry"
+            for a in result.answers if a.question not in questions]

@@ -63,7 +63,16 @@ def on_files(files: Any, config: Any) -> Any:
     from mkdocs.structure.files import File
 
     from kb.bibtex import export_bibtex
-    from kb.pages import CATEGORY_TITLES, bibliography_page, category_page, home_page, paper_page, questions_page
+    from kb.pages import (
+        CATEGORY_TITLES,
+        bibliography_page,
+        category_page,
+        home_page,
+        paper_page,
+        pareto_points,
+        questions_page,
+    )
+    from kb.plots import pareto_png
 
     data = _data(config)
     generated: dict[str, str | bytes] = {
@@ -75,6 +84,9 @@ def on_files(files: Any, config: Any) -> Any:
     for category in CATEGORY_TITLES:
         if any(p.category == category for p in data.registry.papers):
             generated[f"categories/{category}.md"] = category_page(data, category)
+            points, xlabel = pareto_points(data, category)
+            if points:
+                generated[f"figures/pareto_{category}.png"] = pareto_png(points, xlabel, CATEGORY_TITLES[category])
     for paper in data.registry.papers:
         generated[f"papers/{paper.id}.md"] = paper_page(data, paper)
     for result in data.results.values():

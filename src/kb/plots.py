@@ -1,0 +1,58 @@
+"""Figures the site draws from the results files at build time (matplotlib, Agg backend)."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+__all__ = ["Point", "pareto_front", "pareto_png"]
+
+
+@dataclass(frozen=True)
+class Point:
+    """One trained variant: its paper, label, size (x) and accuracy (y)."""
+
+    paper: str
+    label: str
+    size: float
+    accuracy: float
+
+
+def pareto_front(points: Sequence[Point]) -> list[Point]:
+    """The points no other point beats on both axes (smaller size and higher accuracy), by size."""
+    front: list[Point] = []
+    best = float("-inf")
+    for p in sorted(points, key=lambda p: (p.size, -p.accuracy)):
+        if p.accuracy > best:
+            front.append(p)
+            best = p.accuracy
+    return front
+
+
+def pareto_png(points: Sequence[Point], xlabel: str, title: str) -> bytes:
+    """Accuracy against size (log x axis), one colour per paper, the Pareto front as a step line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=110)
+    for paper in sorted({p.paper for p in points}):
+        mine = [p for p in points if p.paper == paper]
+        ax.scatter([p.size for p in mine], [p.accuracy for p in mine], label=paper, s=28, alpha=0.85)
+    front = pareto_front(points)
+    if len(front) > 1:
+        ax.step([p.size for p in front], [p.accuracy for p in front], where="post", color="black", lw=1,
+                alpha=0.6, label="Pareto front")
+    ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right", ncol=2)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return buffer.getvalue()
