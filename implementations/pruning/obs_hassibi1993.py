@@ -1,0 +1,488 @@
+r"""Second Order Derivatives for Network Pruning: Optimal Brain Surgeon (Hassibi & Stork, 1993).
+
+Paper: [NeurIPS 5](https://proceedings.neurips.cc/paper/1992/hash/303ed4c69846ab36c2904d3ba8573050-Abstract.html)
+· notes: `papers/obs_hassibi1993.md`
+
+Near a minimum the error grows as $\delta E \approx \tfrac12\, \delta w^\top H\, \delta w$. Deleting weight $q$
+(the constraint $e_q^\top \delta w + w_q = 0$) with the least increase gives the correction of *all* weights and
+the saliency of $q$ (Eq. 5 of the paper):
+
+$$
+\delta w = -\frac{w_q}{[H^{-1}]_{qq}}\, H^{-1} e_q, \qquad L_q = \frac{w_q^2}{2\,[H^{-1}]_{qq}} .
+$$
+
+Optimal Brain Damage (OBD) assumes a diagonal $H$ and makes no correction, $L_q^{\mathrm{OBD}} = \tfrac12 H_{qq}
+w_q^2$; magnitude pruning uses $|w_q|$. $H$ is the outer-product (Gauss-Newton) approximation the paper builds
+recursively from the $P$ training patterns, started from $H_0 = \alpha I$:
+
+$$
+H^{-1}_{m+1} = H^{-1}_m - \frac{H^{-1}_m X_{m+1} X_{m+1}^\top H^{-1}_m}{P + X_{m+1}^\top H^{-1}_m X_{m+1}} .
+$$
+
+A deleted weight must stay deleted in later steps, so after each deletion the inverse is conditioned on
+$w_q = 0$: $H^{-1} \leftarrow H^{-1} - H^{-1} e_q e_q^\top H^{-1} / [H^{-1}]_{qq}$, which is exactly the inverse
+Hessian of the remaining weights.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils import parameters_to_vector, vector_to_parameters
+
+from implementations.pruning._base import apply_masks, prunable_layers
+
+if TYPE_CHECKING:
+    from implementations._harness import RunContext
+
+__all__ = [
+    "OBS",
+    "Config",
+    "gauss_newton_hessian",
+    "inverse_hessian_recursive",
+    "obd_saliency",
+    "obs_prune",
+    "obs_saliency",
+    "obs_update",
+    "reproduce",
+]
+
+
+@dataclass(frozen=True)
+class Config:
+    """Hyperparameters of the pruning run."""
+
+    damping: float = 1e-4  # $\alpha$ of $H_0 = \alpha I$ (the paper uses $10^{-8} \le \alpha \le 10^{-4}$)
+    hidden: int = 16  # width of the one-hidden-layer MLP (the paper's nets are this small)
+    epochs: int = 60  # training epochs before pruning (close to a minimum, as OBS assumes)
+    tolerance: float = 1.0  # training-error rise (points) that still counts as "the same error"
+
+
+def obs_saliency(weights: Tensor, hinv_diag: Tensor) -> Tensor:
+    r"""OBS saliency $L_q = w_q^2 / (2 [H^{-1}]_{qq})$, elementwise.
+
+    Args:
+        weights: $w$, shape `(P,)`.
+        hinv_diag: Diagonal of $H^{-1}$, shape `(P,)`.
+    """
+    return weights**2 / (2 * hinv_diag)
+
+
+def obd_saliency(weights: Tensor, hessian_diag: Tensor) -> Tensor:
+    r"""OBD saliency $\tfrac12 H_{qq} w_q^2$, elementwise (LeCun et al., 1990)."""
+    return 0.5 * hessian_diag * weights**2
+
+
+def obs_update(weights: Tensor, hinv: Tensor, q: int, update: bool = True) -> tuple[Tensor, Tensor]:
+    r"""Delete weight $q$: $w \leftarrow w - \frac{w_q}{[H^{-1}]_{qq}} H^{-1} e_q$ and condition $H^{-1}$ on $w_q=0$.
+
+    Args:
+        weights: $w$, shape `(P,)`.
+        hinv: $H^{-1}$, shape `(P, P)`, symmetric.
+        q: Index of the deleted weight.
+        update: Apply the correction $\delta w$ to the other weights (False: only zero $w_q$).
+
+    Returns:
+        New weights `(P,)` with `w[q] == 0`, and the conditioned inverse `(P, P)` (row and column $q$ zero),
+        updated in place.
+    """
+    column = hinv[:, q].clone()  # H^{-1} e_q, (P,)
+    pivot = column[q]  # [H^{-1}]_{qq}
+    weights = weights - (weights[q] / pivot) * column if update else weights.clone()
+    weights[q] = 0.0  # exact zero (the correction gives 0 up to rounding)
+    hinv.addr_(column, column, alpha=-1.0 / float(pivot))  # in place: inverse of H on the remaining weights
+    return weights, hinv
+
+
+def obs_prune(
+    weights: Tensor, hessian: Tensor, prunable: Tensor, counts: list[int], selection: str = "obs", update: bool = True
+) -> list[Tensor]:
+    r"""Delete weights one at a time, returning the weight vector after each number of deletions in `counts`.
+
+    Args:
+        weights: $w$, shape `(P,)` (float64 recommended).
+        hessian: $H$ at the trained weights, shape `(P, P)`, positive definite.
+        prunable: Boolean mask `(P,)` of the entries that may be deleted (others, e.g. biases, only get corrected).
+        counts: Increasing numbers of deletions at which to snapshot `w`.
+        selection: `"obs"` (smallest $L_q$ with the current inverse) or `"obd"` (smallest $\tfrac12 H_{qq} w_q^2$).
+        update: Apply the OBS correction after each deletion.
+    """
+    hinv = torch.linalg.inv(hessian)
+    alive = prunable.clone()
+    out, done = [], 0
+    for target in counts:
+        while done < target:
+            if selection == "obs":
+                scores = obs_saliency(weights, hinv.diagonal())
+            else:
+                scores = obd_saliency(weights, hessian.diagonal())
+            q = int(torch.where(alive, scores, torch.full_like(scores, torch.inf)).argmin())
+            weights, hinv = obs_update(weights, hinv, q, update)
+            alive[q] = False
+            done += 1
+        deleted = prunable & ~alive
+        out.append(weights.masked_fill(deleted, 0.0))  # rounding can leave ~1e-16 on deleted entries
+    return out
+
+
+def _jacobian(model: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-example Jacobian of the logits w.r.t. all parameters of a network of `nn.Linear` layers.
+
+    A linear layer's weight gradient for one example is the outer product of the gradient at its output and its
+    input, so $K$ backward passes give the whole Jacobian.
+
+    Returns:
+        `(J, logits)`, shapes `(N, K, P)` and `(N, K)`.
+    """
+    owners = {id(p): m for m in model.modules() if isinstance(m, nn.Linear) for p in m.parameters(recurse=False)}
+    if len(owners) != sum(1 for _ in model.parameters()):
+        raise TypeError("gauss_newton_hessian supports networks whose parameters all belong to nn.Linear layers")
+    inputs: dict[nn.Module, Tensor] = {}
+    outputs: dict[nn.Module, Tensor] = {}
+
+    def keep(module: nn.Module, args: tuple[Tensor, ...], out: Tensor) -> None:
+        inputs[module], outputs[module] = args[0].detach(), out
+
+    hooks = [m.register_forward_hook(keep) for m in {id(m): m for m in owners.values()}.values()]
+    try:
+        with torch.enable_grad():
+            logits = model(x)  # (N, K)
+            layers = list(outputs)
+            columns = []
+            for k in range(logits.shape[1]):
+                deltas = torch.autograd.grad(logits[:, k].sum(), [outputs[m] for m in layers], retain_graph=True)
+                delta = dict(zip(layers, deltas, strict=True))  # per example: examples do not interact
+                parts = []
+                for p in model.parameters():
+                    m = owners[id(p)]
+                    if p is m.weight:
+                        parts.append((delta[m][:, :, None] * inputs[m][:, None, :]).flatten(1))  # (N, out*in)
+                    else:
+                        parts.append(delta[m])  # bias, (N, out)
+                columns.append(torch.cat(parts, dim=1))
+    finally:
+        for h in hooks:
+            h.remove()
+    return torch.stack(columns, dim=1), logits.detach()
+
+
+def gauss_newton_hessian(model: nn.Module, x: Tensor, damping: float = 0.0, chunk: int = 512) -> Tensor:
+    r"""Outer-product Hessian of the mean cross-entropy at the model's current weights, plus damping:
+
+    $$
+    H = \frac1N \sum_n J_n^\top (\mathrm{diag}\,p_n - p_n p_n^\top) J_n + \alpha I
+      = \frac1N \sum_{n,k} p_{nk}\, c_{nk} c_{nk}^\top + \alpha I,
+      \qquad c_{nk} = J_{nk} - \textstyle\sum_j p_{nj} J_{nj},
+    $$
+
+    with $J_{nk} = \partial z_{nk} / \partial w$ (the paper's vectors $X$). Terms with $p_{nk} < 10^{-6}$ are
+    skipped (their share is below $10^{-6} \lVert c_{nk} \rVert^2$); products in float32, sum in float64.
+
+    Args:
+        model: Network of `nn.Linear` layers with parameters $w$ (in `parameters()` order).
+        x: Training inputs, shape `(N, ...)`.
+        damping: $\alpha$.
+        chunk: Examples per Jacobian batch.
+
+    Returns:
+        $H$ in float64, shape `(P, P)`.
+    """
+    num_params = sum(p.numel() for p in model.parameters())
+    hessian = torch.zeros(num_params, num_params, dtype=torch.float64)
+    for start in range(0, len(x), chunk):
+        jacobian, logits = _jacobian(model, x[start : start + chunk])  # (B, K, P), (B, K)
+        probs = F.softmax(logits, dim=-1)  # (B, K)
+        centred = jacobian - torch.einsum("bk,bkp->bp", probs, jacobian)[:, None, :]  # c_{nk}, (B, K, P)
+        keep = probs > 1e-6
+        rows = centred[keep] * probs[keep].sqrt()[:, None]  # (R, P)
+        hessian += (rows.T @ rows).double()
+    return hessian / len(x) + damping * torch.eye(num_params, dtype=torch.float64)
+
+
+def inverse_hessian_recursive(vectors: Tensor, num_patterns: int, alpha: float) -> Tensor:
+    r"""The paper's recursion (Eq. 8) for $H^{-1}$ with $H = \alpha I + \frac1P \sum_k X_k X_k^\top$.
+
+    Args:
+        vectors: The $X_k$, shape `(M, P_w)` (one row per pattern and output).
+        num_patterns: $P$, the divisor of the outer products.
+        alpha: $\alpha$ of $H_0 = \alpha I$.
+    """
+    hinv = torch.eye(vectors.shape[1], dtype=vectors.dtype) / alpha
+    for x in vectors:
+        hx = hinv @ x  # (P_w,)
+        hinv = hinv - torch.outer(hx, hx) / (num_patterns + x @ hx)
+    return hinv
+
+
+class OBS(nn.Module):
+    """A model pruned by Optimal Brain Surgeon; the zeros are kept by `torch.nn.utils.prune` masks."""
+
+    def __init__(self, model: nn.Module, cfg: Config | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.cfg = cfg or Config()
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits `(B, K)`."""
+        return self.model(x)
+
+    def forward_train(self, x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """Logits and the cross-entropy (the error $E$ whose Hessian OBS uses)."""
+        logits = self.model(x)
+        return logits, {"ce": F.cross_entropy(logits, y)}
+
+    def prunable(self) -> Tensor:
+        """Boolean mask `(P,)` over the flat parameters: True on the weights of linear/conv layers, not biases."""
+        weight_ids = {id(m.weight) for _, m in prunable_layers(self.model)}
+        return torch.cat([torch.full((p.numel(),), id(p) in weight_ids) for p in self.model.parameters()])
+
+    @torch.no_grad()
+    def prune(self, x: Tensor, sparsity: float, selection: str = "obs", update: bool = True) -> None:
+        """Delete `sparsity` of the weights one by one (Hessian from inputs `x`) and fix the zeros with masks."""
+        prunable = self.prunable()
+        with torch.enable_grad():
+            hessian = gauss_newton_hessian(self.model, x, self.cfg.damping)
+        flat = parameters_to_vector(self.model.parameters()).double()
+        (flat,) = obs_prune(flat, hessian, prunable, [int(sparsity * int(prunable.sum()))], selection, update)
+        vector_to_parameters(flat.float(), self.model.parameters())
+        apply_masks(self.model, {name: (m.weight != 0).float() for name, m in prunable_layers(self.model)})
+
+    @classmethod
+    def smoke_task(cls) -> tuple[OBS, Tensor, Tensor]:
+        """A tiny MLP pruned to 50% by OBS, for the generic smoke test."""
+        from implementations._models import MLP
+
+        gen = torch.Generator().manual_seed(0)
+        torch.manual_seed(0)
+        x, y = torch.randn(8, 40, generator=gen), torch.randint(0, 10, (8,), generator=gen)
+        task = cls(MLP(40, 10, hidden=(8,)))
+        task.prune(x, 0.5)
+        return task, x, y
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Reproduction: `kb run obs_hassibi1993`
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _train_stats(model: nn.Module, x: Tensor, y: Tensor) -> tuple[float, float]:
+    """Training cross-entropy and training error (%) of `model`."""
+    with torch.no_grad():
+        logits = model(x)
+    return float(F.cross_entropy(logits, y)), 100.0 * float((logits.argmax(-1) != y).float().mean())
+
+
+def reproduce(ctx: RunContext) -> dict[str, Any]:
+    """Magnitude, OBD and OBS pruning without retraining of the same trained MLP on digits, over `ctx.seeds`.
+
+    Weights are deleted on a grid of sparsities; the headline compares how many weights each criterion removes
+    before the training error rises by more than `tolerance` points (the paper's "more weights for the same
+    error"). Two ablations separate selection from correction: OBS selection without the weight update, and OBD
+    selection followed by the OBS update.
+    """
+    from implementations._data import load_dataset
+    from implementations._harness import Supervised, evaluate, fit, seed_everything
+    from implementations._measure import accuracy_stats, model_row
+    from implementations._models import MLP
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the machine is shared: one thread per run is ~10x faster than oversubscription
+    try:
+        cfg = Config()
+        data = load_dataset("digits", n_train=ctx.n_train)
+        epochs = ctx.epochs(cfg.epochs)
+        hidden = cfg.hidden if ctx.profile != "quick" else cfg.hidden // 2  # quick: a 4x smaller Hessian
+        grid = [round(0.5 + 0.025 * i, 3) for i in range(19)]  # 50%, 52.5%, ..., 95% of the weights deleted
+        report = (0.8, 0.9)
+        variants = {  # name -> (label, role, selection, update)
+            "magnitude": ("Magnitude", "baseline", "magnitude", False),
+            "obd": ("OBD (diagonal H, no update)", "baseline", "obd", False),
+            "obs": ("OBS (full H^-1 + update)", "method", "obs", True),
+            "obs_noupdate": ("OBS selection, no update", "ablation", "obs", False),
+            "obd_update": ("OBD selection + OBS update", "ablation", "obd", True),
+        }
+        stats: dict[tuple[str, float], list[tuple[float, float, float]]] = {}  # (ce, train err, test acc)
+        reach: dict[str, list[float]] = {}
+        seconds: dict[str, float] = {}
+
+        def new_mlp() -> MLP:
+            return MLP(64, data.num_classes, hidden=(hidden,))
+
+        for seed in ctx.seeds:
+            seed_everything(seed)
+            model = new_mlp()
+            fit(Supervised(model), model.parameters(), data, epochs, lr=0.1, batch_size=64, seed=seed, progress=False)
+            dense = (*_train_stats(model, data.x_train, data.y_train), evaluate(model, data))
+            stats.setdefault(("dense", 0.0), []).append(dense)
+            prunable = OBS(model, cfg).prunable()
+            n_weights = int(prunable.sum())
+            counts = [int(s * n_weights) for s in grid]
+            flat = parameters_to_vector(model.parameters()).detach().double()
+            started = time.perf_counter()
+            hessian = gauss_newton_hessian(model, data.x_train, cfg.damping)
+            seconds["hessian"] = seconds.get("hessian", 0.0) + time.perf_counter() - started
+            for name, (_, _, selection, update) in variants.items():
+                started = time.perf_counter()
+                if selection == "magnitude":  # one-shot global magnitude = sequential without update
+                    order = torch.where(prunable, flat.abs(), torch.full_like(flat, torch.inf)).argsort()
+                    snaps = [flat.clone().index_fill_(0, order[:c], 0.0) for c in counts]
+                elif selection == "obd" and not update:  # no update: the OBD ranking never changes
+                    order = torch.where(prunable, obd_saliency(flat, hessian.diagonal()), torch.inf).argsort()
+                    snaps = [flat.clone().index_fill_(0, order[:c], 0.0) for c in counts]
+                else:
+                    snaps = obs_prune(flat, hessian, prunable, counts, selection, update)
+                seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - started
+                best, admissible = 0.0, True
+                for s, snap in zip(grid, snaps, strict=True):
+                    pruned = new_mlp()
+                    vector_to_parameters(snap.float(), pruned.parameters())
+                    ce, err = _train_stats(pruned, data.x_train, data.y_train)
+                    stats.setdefault((name, s), []).append((ce, err, evaluate(pruned, data)))
+                    admissible = admissible and err <= dense[1] + cfg.tolerance  # stop at the first miss
+                    best = s if admissible else best
+                reach.setdefault(name, []).append(best)
+
+        def mean(key: tuple[str, float], i: int) -> float:
+            return sum(v[i] for v in stats[key]) / len(stats[key])
+
+        mean_reach = {k: sum(v) / len(v) for k, v in reach.items()}
+        dense_cols = model_row(new_mlp(), data.input_shape)
+        n_bias = dense_cols["params"] - n_weights
+        rows = [
+            dict(
+                name="dense",
+                label=f"Dense MLP 64-{hidden}-10",
+                role="baseline",
+                **dense_cols,
+                accuracy=accuracy_stats([v[2] for v in stats[("dense", 0.0)]]),
+                extra={"train_ce": mean(("dense", 0.0), 0), "train_error": mean(("dense", 0.0), 1)},
+            )
+        ]
+        for s in report:
+            kept = n_weights - int(s * n_weights) + n_bias
+            cols = {**dense_cols, "nonzero_params": kept, "bytes": kept * 8}  # fp32 value + int32 index
+            for name, (label, role, _, _) in variants.items():
+                rows.append(
+                    dict(
+                        name=f"{name}_s{round(100 * s)}",
+                        label=f"{label}, {100 * s:.0f}% deleted",
+                        role=role,
+                        **cols,
+                        accuracy=accuracy_stats([v[2] for v in stats[(name, s)]]),
+                        extra={
+                            "sparsity": s,
+                            "train_ce": mean((name, s), 0),
+                            "train_error": mean((name, s), 1),
+                            "max_sparsity_within_tolerance": mean_reach[name],
+                            "prune_seconds": seconds[name] / len(ctx.seeds),
+                        },
+                    )
+                )
+        figure = _plot(ctx, grid, variants, {k: mean(k, 0) for k in stats}, {k: mean(k, 2) for k in stats})
+
+        others = max(mean_reach["obd"], mean_reach["magnitude"])
+        reach_txt = ", ".join(f"{name} {100 * mean_reach[name]:.1f}%" for name in variants)
+        at = "; ".join(
+            f"{100 * s:.0f}% deleted: train CE OBS {mean(('obs', s), 0):.3f} / OBD {mean(('obd', s), 0):.3f} / "
+            f"magnitude {mean(('magnitude', s), 0):.3f}, test acc {mean(('obs', s), 2):.1f} / "
+            f"{mean(('obd', s), 2):.1f} / {mean(('magnitude', s), 2):.1f}%"
+            for s in report
+        )
+        s80, s90 = report
+        sel_gain = mean(("obd_update", s80), 0) - mean(("obs", s80), 0)
+        upd_gain = mean(("obs_noupdate", s80), 0) - mean(("obs", s80), 0)
+        cost = (seconds["hessian"] + seconds["obs"]) / max(1e-9, seconds["hessian"] + seconds["obd"])
+        return {
+            "id": "obs_hassibi1993",
+            "protocol": {
+                "dataset": data.name,
+                "n_train": data.n_train,
+                "n_test": data.n_test,
+                "seeds": list(ctx.seeds),
+                "epochs": epochs,
+                "selection": "last",
+                "notes": f"MLP 64-{hidden}-10 trained {epochs} epochs (SGD lr 0.1, batch 64, wd 5e-4), then pruned "
+                f"without retraining on a grid of 50-95% of the {n_weights} weights (biases are never deleted but "
+                f"are corrected by the OBS update); Gauss-Newton Hessian of the training CE over all training "
+                f"examples, damping {cfg.damping}, computed once at the trained weights and conditioned after "
+                f"each deletion; 'within tolerance' = training error at most {cfg.tolerance} points above the "
+                f"dense net's; sparse sizes count fp32 value + int32 index per non-zero; 1 CPU thread.",
+            },
+            "rows": rows,
+            "claim": {
+                "text": "For the same training error, OBS deletes more weights than OBD or magnitude pruning.",
+                "reproduced": mean_reach["obs"] > others,
+                "evidence": f"Largest fraction of weights deleted with training error within {cfg.tolerance} point "
+                f"of the dense net (mean over {len(ctx.seeds)} seed(s), no retraining): {reach_txt}. {at}.",
+            },
+            "answers": [
+                {
+                    "question": "Is the full inverse Hessian worth its cost compared with a diagonal (OBD) or "
+                    "magnitude criterion on a modern-sized network?",
+                    "answer": f"At this toy size ({dense_cols['params']} parameters) "
+                    + ("it pays" if mean_reach["obs"] > others else "it does not pay")
+                    + f": OBS deletes {100 * mean_reach['obs']:.1f}% of the weights within tolerance vs "
+                    f"{100 * mean_reach['obd']:.1f}% (OBD) and {100 * mean_reach['magnitude']:.1f}% (magnitude), for "
+                    f"{cost:.0f}x OBD's time"
+                    + (
+                        f"; far past that point ({100 * s90:.0f}% deleted) its accumulated corrections leave a higher "
+                        "training CE than OBD's, as the quadratic model no longer holds"
+                        if mean(("obs", s90), 0) > mean(("obd", s90), 0)
+                        else ""
+                    )
+                    + "; the P x P inverse is what rules it out for modern networks without block approximations.",
+                    "evidence": at + f"; seconds per seed: Hessian {seconds['hessian'] / len(ctx.seeds):.2f}, "
+                    f"OBS deletion loop {seconds['obs'] / len(ctx.seeds):.2f}, OBD ranking "
+                    f"{seconds['obd'] / len(ctx.seeds):.4f}.",
+                },
+                {
+                    "question": "Does the weight-update step after each deletion matter more than the choice of "
+                    "which weight to delete?",
+                    "answer": ("Yes" if upd_gain > sel_gain else "No")
+                    + f": at {100 * s80:.0f}% deleted, removing the update from OBS raises the training CE by "
+                    f"{upd_gain:.3f}, while choosing the weights by OBD instead of OBS (keeping the update) raises "
+                    f"it by {sel_gain:.3f}.",
+                    "evidence": "; ".join(
+                        f"{100 * s:.0f}%: OBS {mean(('obs', s), 0):.3f}, OBS without update "
+                        f"{mean(('obs_noupdate', s), 0):.3f}, OBD + update {mean(('obd_update', s), 0):.3f}, OBD "
+                        f"{mean(('obd', s), 0):.3f}"
+                        for s in report
+                    )
+                    + f" (training CE, mean over seeds); weights deleted within tolerance: {reach_txt}.",
+                },
+            ],
+            "figures": [figure],
+        }
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _plot(ctx: RunContext, sparsities: list[float], variants: dict, loss: dict, acc: dict) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    for name, (label, *_rest) in variants.items():
+        style = "-o" if name in ("obs", "obd", "magnitude") else "--."
+        axes[0].plot([100 * s for s in sparsities], [loss[(name, s)] for s in sparsities], style, label=label)
+        axes[1].plot([100 * s for s in sparsities], [acc[(name, s)] for s in sparsities], style, label=label)
+    axes[0].set_yscale("log")
+    axes[0].set_ylabel("training cross-entropy")
+    axes[1].set_ylabel("test accuracy (%)")
+    for ax in axes:
+        ax.set_xlabel("weights deleted (%)")
+    axes[1].legend(fontsize=7)
+    fig.suptitle("OBS vs OBD vs magnitude, no retraining (digits MLP)", fontsize=9)
+    fig.tight_layout()
+    path = ctx.results_dir / "figures" / "obs_hassibi1993_sparsity.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return f"{ctx.results_dir.resolve().name}/figures/{path.name}"
