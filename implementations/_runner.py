@@ -23,6 +23,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import torch
+
 from implementations._harness import RunContext, resolve_device
 
 __all__ = ["PROFILES", "make_context", "run_paper", "save_accuracy_plot"]
@@ -150,7 +152,13 @@ def run_paper(
     if not hasattr(module, "reproduce"):
         raise AttributeError(f"{module.__name__} has no reproduce(ctx) function")
     started = time.perf_counter()
-    data = dict(module.reproduce(ctx))
+    threads = torch.get_num_threads()
+    if ctx.device == "cpu":
+        torch.set_num_threads(1)  # the reference models are tiny: one thread is faster and runs are repeatable
+    try:
+        data = dict(module.reproduce(ctx))
+    finally:
+        torch.set_num_threads(threads)
     if data.setdefault("id", paper_id) != paper_id:
         raise ResultError(f"{module.__name__}.reproduce returned id {data['id']!r}, expected {paper_id!r}")
     data.setdefault("schema_version", SCHEMA_VERSION)

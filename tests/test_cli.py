@@ -188,3 +188,20 @@ def test_status_refuses_scaffold_then_accepts_real_code(tiny: Path, capsys: pyte
     paper = load_registry(tiny).get("kd_hinton2015")
     assert (paper.status, paper.implementation.fidelity) == ("implemented", "faithful")
     assert main(["status", "nope_nobody2020", "implemented"]) == 2
+
+
+def test_quick_runs_never_overwrite_real_results(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`kb run --quick` writes under results/quick/; the default profile writes results/<id>.json."""
+    pytest.importorskip("torch")
+    import implementations._runner as runner
+
+    calls = []
+    monkeypatch.setattr(runner, "run_paper", lambda pid, module, profile, results_dir, **kw: calls.append(
+        (pid, module, profile, Path(results_dir))) or Path(results_dir) / f"{pid}.json")
+    monkeypatch.chdir(ROOT)
+    assert main(["run", "kd_hinton2015", "--quick"]) == 0
+    assert main(["run", "kd_hinton2015"]) == 0
+    assert calls == [
+        ("kd_hinton2015", "implementations.distillation.kd_hinton2015", "quick", ROOT / "results" / "quick"),
+        ("kd_hinton2015", "implementations.distillation.kd_hinton2015", "default", ROOT / "results"),
+    ]

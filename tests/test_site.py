@@ -66,3 +66,26 @@ def test_paper_page_marks_reported_and_reproduced_numbers() -> None:
             assert f'kb-badge {verdict.replace(" ", "-")}' in text
         for reported in paper.reported:
             assert reported.source in text  # every reported number shows where the paper prints it
+
+
+def test_shared_leaderboard_renders_a_benchmark() -> None:
+    from dataclasses import replace
+
+    from kb.pages import category_page
+
+    data = load_site_data(ROOT)
+    acc = {"mean": 80.0, "std": 1.0, "values": [79.0, 81.0]}
+    bench = {
+        "family": "distillation", "profile": "default",
+        "protocol": {"dataset": "digits", "n_train": 1437, "n_test": 360, "teacher": "resnet8 w=1",
+                     "student": "resnet8 w=0.5", "seeds": [0, 1], "teacher_epochs": 10, "epochs": 8, "notes": ""},
+        "teacher": {"mean": 95.0, "std": 0.0, "values": [95.0, 95.0]}, "baseline": {**acc, "mean": 78.5,
+                                                                                   "values": [78.0, 79.0]},
+        "rows": [{"paper": "kd_hinton2015", "method": "KD", "accuracy": acc}],
+        "failures": {"fsp_yim2017": "RuntimeError: shapes"}, "wall_time_s": 1.0, "created": "2026-01-01T00:00:00",
+    }
+    page = category_page(replace(data, benchmarks={"distillation": bench}), "distillation")
+    assert "## Leaderboard under one protocol" in page
+    link = "[Distilling the Knowledge in a Neural Network](../papers/kd_hinton2015.md)"
+    assert f"| 1 | {link} | `KD` | 80.00 ± 1.00 | +1.50 |" in page
+    assert "`fsp_yim2017` could not run under this protocol" in page

@@ -19,6 +19,7 @@ multiply-add) and measured CPU latency. `train_variants` and `size_columns` are 
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -147,18 +148,24 @@ def train_variants(
     return acc
 
 
-def size_columns(model: nn.Module, shape: tuple[int, ...], ctx: RunContext) -> dict[str, Any]:
-    """`model_row` columns (params, nonzero, bytes, FLOPs per example, batch-1 CPU latency) plus an `extra` dict
-    with the latency of a batch of `LATENCY_BATCH` examples, where compute rather than per-layer overhead
-    dominates. The quick profile times for a shorter while."""
+def size_columns(models: dict[str, nn.Module], shape: tuple[int, ...], ctx: RunContext) -> dict[str, dict[str, Any]]:
+    """`model_row` columns (params, nonzero, bytes, FLOPs per example) of each model, its CPU latency at batch 1
+    (`latency_ms`) and, in `extra`, at batch `LATENCY_BATCH`, where compute rather than per-layer overhead
+    dominates. Each latency is the minimum over 3 interleaved rounds of `latency_ms` (a median), since other
+    processes on a shared machine only ever add time; the quick profile times one short round."""
     from implementations._measure import latency_ms, model_row
 
-    model = model.to("cpu").eval()
-    run_time = 0.02 if ctx.profile == "quick" else 0.2
-    row = model_row(model, shape)
-    row["latency_ms"] = latency_ms(model, shape, batch_size=1, min_run_time=run_time)
-    batch_ms = latency_ms(model, shape, batch_size=LATENCY_BATCH, min_run_time=run_time)
-    return {**row, "extra": {f"latency_ms_b{LATENCY_BATCH}": batch_ms}}
+    models = {name: model.to("cpu").eval() for name, model in models.items()}
+    cols = {name: model_row(model, shape) for name, model in models.items()}
+    run_time, rounds = (0.02, 1) if ctx.profile == "quick" else (0.07, 3)
+    best = {name: [math.inf, math.inf] for name in models}
+    for _ in range(rounds):
+        for name, model in models.items():
+            for i, batch in enumerate((1, LATENCY_BATCH)):
+                best[name][i] = min(best[name][i], latency_ms(model, shape, batch_size=batch, min_run_time=run_time))
+    for name, (single, batched) in best.items():
+        cols[name].update(latency_ms=single, extra={f"latency_ms_b{LATENCY_BATCH}": batched})
+    return cols
 
 
 def save_tradeoff_plot(rows: list[dict[str, Any]], ctx: RunContext, paper_id: str, title: str = "") -> str:

@@ -204,7 +204,7 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
         "mobilenet_r075": ("MobileNet rho=0.75 (6x6)", "ablation"),
         "pruned_a050": ("a=1 pruned to a=0.5 + fine-tune", "ablation"),
     }
-    cols = {name: size_columns(MobileNet(cfg), shape, ctx) for name, cfg in configs.items()}
+    cols = size_columns({name: MobileNet(cfg) for name, cfg in configs.items()}, shape, ctx)
     cols["pruned_a050"] = cols["mobilenet_a050"]  # the same architecture as a=0.5 from scratch
     rows = [
         dict(name=n, label=lab, role=r, accuracy=accuracy_stats(acc[n]), **cols[n]) for n, (lab, r) in labels.items()

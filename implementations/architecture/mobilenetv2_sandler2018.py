@@ -145,7 +145,7 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
         "mnv2_t2_wide": (f"t={LOW_T}, bottlenecks x{alpha:.2f} (same params)", "ablation"),
     }
     acc = train_variants({k: (lambda c=c: MobileNetV2(c)) for k, c in configs.items()}, data, ctx, epochs, LR, BATCH)
-    cols = {name: size_columns(MobileNetV2(cfg), data.input_shape, ctx) for name, cfg in configs.items()}
+    cols = size_columns({name: MobileNetV2(cfg) for name, cfg in configs.items()}, data.input_shape, ctx)
     rows = [
         dict(name=n, label=lab, role=r, accuracy=accuracy_stats(acc[n]), **cols[n]) for n, (lab, r) in labels.items()
     ]

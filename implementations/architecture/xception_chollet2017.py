@@ -156,7 +156,7 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
         "xception_mid_relu": ("Xception + ReLU between depthwise and pointwise", "ablation"),
     }
     acc = train_variants({k: (lambda c=c: Xception(c)) for k, c in configs.items()}, data, ctx, epochs, LR, BATCH)
-    cols = {name: size_columns(Xception(cfg), data.input_shape, ctx) for name, cfg in configs.items()}
+    cols = size_columns({name: Xception(cfg) for name, cfg in configs.items()}, data.input_shape, ctx)
     rows = [
         dict(name=n, label=lab, role=r, accuracy=accuracy_stats(acc[n]), **cols[n]) for n, (lab, r) in labels.items()
     ]

@@ -39,6 +39,7 @@ __all__ = [
     "ceil_log2",
     "conv_layers",
     "finetune",
+    "min_latency",
     "replace_module",
     "save_tradeoff_plot",
     "size_columns",
@@ -152,17 +153,34 @@ def finetune(
     return evaluate(model, data)
 
 
-def size_columns(model: nn.Module, shape: tuple[int, ...], ctx: RunContext, latency: bool = True) -> dict[str, Any]:
-    """`model_row` columns plus the CPU latency at batch 1 (`latency_ms`) and batch 256 (`extra`)."""
-    from implementations._measure import latency_ms, model_row
+def size_columns(
+    models: dict[str, nn.Module], shape: tuple[int, ...], ctx: RunContext, latency: bool = True
+) -> dict[str, dict[str, Any]]:
+    """`model_row` columns of each model plus its CPU latency at batch 1 (`latency_ms`) and 256 (`extra`), each
+    the minimum over 3 interleaved rounds of `latency_ms` (other processes on a shared machine only add time)."""
+    from implementations._measure import model_row
 
-    model = model.to("cpu").eval()
-    row = model_row(model, shape)
+    models = {name: model.to("cpu").eval() for name, model in models.items()}
+    cols = {name: model_row(model, shape) for name, model in models.items()}
     if latency:
-        run_time = 0.02 if ctx.profile == "quick" else 0.2
-        row["latency_ms"] = latency_ms(model, shape, batch_size=1, min_run_time=run_time)
-        row["extra"] = {"latency_ms_b256": latency_ms(model, shape, batch_size=256, min_run_time=run_time)}
-    return row
+        single = min_latency(models, shape, 1, ctx)
+        batched = min_latency(models, shape, 256, ctx)
+        for name in models:
+            cols[name].update(latency_ms=single[name], extra={"latency_ms_b256": batched[name]})
+    return cols
+
+
+def min_latency(models: dict[str, nn.Module], shape: tuple[int, ...], batch: int, ctx: RunContext) -> dict[str, float]:
+    """Per-model CPU latency (ms) of one forward pass on a batch: the minimum over interleaved rounds of
+    `latency_ms` (3 rounds of 0.07 s each, one short round in the quick profile)."""
+    from implementations._measure import latency_ms
+
+    run_time, rounds = (0.02, 1) if ctx.profile == "quick" else (0.07, 3)
+    best = dict.fromkeys(models, math.inf)
+    for _ in range(rounds):
+        for name, model in models.items():
+            best[name] = min(best[name], latency_ms(model, shape, batch_size=batch, min_run_time=run_time))
+    return best
 
 
 def smoke_task(entrypoint: Callable[..., Any], batch_size: int = 8, seed: int = 0) -> tuple[nn.Module, Tensor, Tensor]:

@@ -164,7 +164,7 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
 
     template = base_cnn(data.num_classes, data.input_shape)
     models = {"original": template, **{n: fga_decompose(template, g, f) for n, (g, f) in settings.items()}}
-    cols = {name: size_columns(model, data.input_shape, ctx) for name, model in models.items()}
+    cols = size_columns(models, data.input_shape, ctx)
     share = {
         name: _conv_flops(model, data.input_shape) / _conv_flops(template, data.input_shape)
         for name, model in models.items()

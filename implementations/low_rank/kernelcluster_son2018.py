@@ -186,7 +186,7 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
     dense = storage_bytes(kept["original"])
     rows = []
     for name in names:
-        cols = size_columns(kept[name], data.input_shape, ctx, latency=False)
+        cols = size_columns({name: kept[name]}, data.input_shape, ctx, latency=False)[name]
         k = int(name[1:]) if name.startswith("k") else None
         cols["bytes"] = storage_bytes(kept[name])
         extra = {"compression": dense / cols["bytes"], "train_accuracy": accuracy_stats(train_acc[name])["mean"]}

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from implementations.low_rank._base import conv_layers, replace_module, svd_linear, tucker2_conv
+from implementations.low_rank._base import conv_layers, min_latency, replace_module, svd_linear, tucker2_conv
 
 if TYPE_CHECKING:
     from implementations._harness import RunContext
@@ -76,8 +76,6 @@ EPOCHS, LR = 8, 0.05  # training of the network to decompose, on the whole train
 def conv_speedup(original: nn.Module, decomposed: nn.Module, shape: tuple[int, ...], ctx: RunContext) -> float:
     """Summed CPU latency of the original convs over that of their decompositions, each timed alone on its own
     input at batch 256 (the essay times the conv layers)."""
-    from implementations._measure import latency_ms
-
     inputs: dict[str, tuple[int, ...]] = {}
 
     def record(name: str) -> Any:
@@ -90,9 +88,12 @@ def conv_speedup(original: nn.Module, decomposed: nn.Module, shape: tuple[int, .
     original.eval()(torch.zeros(1, *shape))
     for hook in hooks:
         hook.remove()
-    run_time = 0.02 if ctx.profile == "quick" else 0.2
-    before = sum(latency_ms(original.get_submodule(n), s, 256, min_run_time=run_time) for n, s in inputs.items())
-    after = sum(latency_ms(decomposed.get_submodule(n), s, 256, min_run_time=run_time) for n, s in inputs.items())
+    times: dict[str, float] = {}
+    for name, shape_in in inputs.items():  # each layer pair timed interleaved on its own input shape
+        pair = {f"0_{name}": original.get_submodule(name), f"1_{name}": decomposed.get_submodule(name)}
+        times.update(min_latency(pair, shape_in, 256, ctx))
+    before = sum(times[f"0_{name}"] for name in inputs)
+    after = sum(times[f"1_{name}"] for name in inputs)
     return before / after
 
 
@@ -126,7 +127,8 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
 
     template = base_cnn(data.num_classes, data.input_shape)
     small = low_rank_decompose(template, cfg)
-    orig_cols, dec_cols = size_columns(template, data.input_shape, ctx), size_columns(small, data.input_shape, ctx)
+    cols = size_columns({"original": template, "decomposed": small}, data.input_shape, ctx)
+    orig_cols, dec_cols = cols["original"], cols["decomposed"]
     speedup = conv_speedup(template, small, data.input_shape, ctx)
     rows = [dict(name="original", label="Original cnn2d", role="baseline", **orig_cols)]
     rows.append(dict(name="decomposed", label="Tucker-2, no retraining", role="ablation", **dec_cols))

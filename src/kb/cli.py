@@ -134,6 +134,29 @@ def _atomic_write(files: dict[Path, str]) -> None:
         raise
 
 
+def _write_files_and_registry(root: Path, files: dict[Path, str], doc: object, verb: str) -> None:
+    """Write the new files, then the registry; if the registry write fails, remove the new files again."""
+    new = [p for p in files if not p.exists()]
+    _atomic_write(files)
+    try:
+        write_raw(root / REGISTRY_FILE, doc)
+    except BaseException:
+        for created in new:
+            created.unlink(missing_ok=True)
+        raise
+    for created in files:
+        print(f"kb {verb}: wrote {created.relative_to(root)}")
+
+
+def _implementation_block(paper_id: str, family: str, entrypoint: str, fidelity: str) -> dict[str, str]:
+    return {
+        "path": f"implementations/{family}/{paper_id}.py",
+        "entrypoint": entrypoint,
+        "fidelity": fidelity,
+        "test": f"tests/implementations/test_{paper_id}.py",
+    }
+
+
 def _implementation_files(root: Path, paper: Paper, family: str, entrypoint: str) -> dict[Path, str]:
     link = f"[arXiv:{paper.arxiv}](https://arxiv.org/abs/{paper.arxiv})" if paper.arxiv else f"<{paper.url}>"
     authors = paper.authors[0].split()[-1] + (" et al." if len(paper.authors) > 1 else "")
@@ -173,12 +196,7 @@ def add(root: Path, entry: dict, *, family: str | None, entrypoint: str | None, 
     entrypoint = entrypoint or paper_id.split("_")[0].upper()
     entry["notes"] = f"papers/{paper_id}.md"
     if not notes_only:
-        entry["implementation"] = {
-            "path": f"implementations/{family}/{paper_id}.py",
-            "entrypoint": entrypoint,
-            "fidelity": "partial",
-            "test": f"tests/implementations/test_{paper_id}.py",
-        }
+        entry["implementation"] = _implementation_block(paper_id, family, entrypoint, "partial")
         entry["status"] = "scaffolded"
     else:
         entry["status"] = "noted"
@@ -193,16 +211,7 @@ def add(root: Path, entry: dict, *, family: str | None, entrypoint: str | None, 
     papers = doc["papers"]
     position = next((i for i, p in enumerate(papers) if str(p.get("id", "")) > paper_id), len(papers))
     papers.insert(position, paper.model_dump(mode="json", exclude_defaults=True, exclude_none=True))
-    _atomic_write(files)
-    try:
-        write_raw(path, doc)
-    except BaseException:
-        for created in files:
-            if created.name != "__init__.py":
-                created.unlink(missing_ok=True)
-        raise
-    for created in files:
-        print(f"kb add: wrote {created.relative_to(root)}")
+    _write_files_and_registry(root, files, doc, "add")
     print(f"kb add: inserted {paper_id!r} into {REGISTRY_FILE} (status {paper.status})")
     return 0
 
@@ -222,23 +231,9 @@ def implement(root: Path, paper_id: str, *, family: str | None, entrypoint: str 
     files = _implementation_files(root, paper, family, entrypoint)
     _refuse_existing(root, files)
     raw = next(p for p in doc["papers"] if str(p.get("id")) == paper_id)
-    raw["implementation"] = {
-        "path": f"implementations/{family}/{paper_id}.py",
-        "entrypoint": entrypoint,
-        "fidelity": fidelity,
-        "test": f"tests/implementations/test_{paper_id}.py",
-    }
+    raw["implementation"] = _implementation_block(paper_id, family, entrypoint, fidelity)
     raw["status"] = "scaffolded"
-    _atomic_write(files)
-    try:
-        write_raw(path, doc)
-    except BaseException:
-        for created in files:
-            if created.name != "__init__.py":
-                created.unlink(missing_ok=True)
-        raise
-    for created in files:
-        print(f"kb implement: wrote {created.relative_to(root)}")
+    _write_files_and_registry(root, files, doc, "implement")
     print(f"kb implement: {paper_id!r} is now 'scaffolded'; run `kb status {paper_id} implemented` when written")
     return 0
 
@@ -362,11 +357,13 @@ def run(root: Path, ids: list[str], *, run_all: bool, profile: str, data_dir: st
     sys.path.insert(0, str(root))
     from implementations._runner import run_paper  # torch is imported here, and only here
 
+    # Smoke runs go to results/quick/ (not tracked, not on the site) so they never replace real results.
+    results_dir = root / "results" / "quick" if profile == "quick" else root / "results"
     failures = []
     for index, paper in enumerate(papers, 1):
         print(f"kb run [{index}/{len(papers)}] {paper.id} ({profile})", file=sys.stderr)
         try:
-            out = run_paper(paper.id, paper.module, profile, root / "results", data_dir=data_dir,
+            out = run_paper(paper.id, paper.module, profile, results_dir, data_dir=data_dir,
                             download=download, device=device)
         except Exception as exc:  # noqa: BLE001 - keep going, report every failure at the end
             failures.append(f"{paper.id}: {type(exc).__name__}: {exc}")
@@ -375,6 +372,24 @@ def run(root: Path, ids: list[str], *, run_all: bool, profile: str, data_dir: st
     for failure in failures:
         print(f"kb: error: {failure}", file=sys.stderr)
     return 2 if failures else 0
+
+
+def bench(root: Path, family: str, *, quick: bool) -> int:
+    """Run a family leaderboard under one shared protocol and write results/benchmarks/<family>.json."""
+    registry = load_registry(root)
+    sys.path.insert(0, str(root))
+    from implementations import _bench  # torch is imported here, and only here
+    from kb.results import write_benchmark
+
+    if family not in _bench.BENCHES:
+        raise UsageError(f"no shared-protocol benchmark for {family!r} yet (have: {', '.join(_bench.BENCHES)})")
+    result = getattr(_bench, _bench.BENCHES[family])(registry, quick=quick, progress=sys.stderr.isatty())
+    out = root / "results" / ("quick" if quick else "") / "benchmarks" / f"{family}.json"
+    write_benchmark(result, out)
+    print(f"kb bench: wrote {out.relative_to(root)} ({len(result['rows'])} methods, {result['wall_time_s']} s)")
+    for paper_id, why in result["failures"].items():
+        print(f"kb bench: {paper_id} could not run under the shared protocol: {why}", file=sys.stderr)
+    return 0
 
 
 def site(root: Path, action: str, *, port: int, strict: bool, build_first: bool) -> int:
@@ -446,6 +461,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--download", action="store_true", help="download missing datasets (needs internet)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
 
+    p = sub.add_parser("bench", help="a family leaderboard under one shared protocol")
+    p.add_argument("family", choices=["distillation"])
+    p.add_argument("--quick", action="store_true", help="smoke run (writes results/quick/benchmarks/)")
+
     p = sub.add_parser("site", help="build or serve the documentation site")
     p.add_argument("action", choices=["build", "serve"])
     p.add_argument("--port", type=int, default=8000)
@@ -486,6 +505,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "run":
             return run(root, args.ids, run_all=args.run_all, profile=args.profile or "default",
                        data_dir=args.data_dir, download=args.download, device=args.device)
+        if args.command == "bench":
+            return bench(root, args.family, quick=args.quick)
         if args.command == "site":
             return site(root, args.action, port=args.port, strict=not args.no_strict,
                         build_first=not args.no_build)

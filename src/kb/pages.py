@@ -15,7 +15,7 @@ from typing import Any
 from kb.schema import CATEGORIES, Paper, Registry
 
 __all__ = ["CATEGORY_TITLES", "SiteData", "bibliography_page", "category_page", "home_page", "leaderboard",
-           "load_site_data", "nav_label", "paper_page", "pareto_points", "questions_page"]
+           "load_site_data", "nav_label", "paper_page", "pareto_points", "questions_page", "shared_leaderboard"]
 
 CATEGORY_TITLES = {
     "distillation": "Knowledge distillation",
@@ -45,6 +45,7 @@ class SiteData:
     registry: Registry
     notes: dict[str, str]  # id -> notes page Markdown
     results: dict[str, dict[str, Any]]  # id -> results JSON (validated when kb.results exists)
+    benchmarks: dict[str, dict[str, Any]]  # family -> shared-protocol leaderboard (results/benchmarks/<family>.json)
 
 
 def load_site_data(root: Path) -> SiteData:
@@ -63,7 +64,12 @@ def load_site_data(root: Path) -> SiteData:
                 results[paper.id] = load_result(path).model_dump(mode="json")
             except ImportError:
                 results[paper.id] = json.loads(path.read_text(encoding="utf-8"))
-    return SiteData(root, registry, notes, results)
+    benchmarks = {}
+    for path in sorted((root / "results" / "benchmarks").glob("*.json")):
+        from kb.results import load_benchmark
+
+        benchmarks[path.stem] = load_benchmark(path).model_dump(mode="json")
+    return SiteData(root, registry, notes, results, benchmarks)
 
 
 def verdict(data: SiteData, paper_id: str) -> bool | None:
@@ -74,7 +80,10 @@ def verdict(data: SiteData, paper_id: str) -> bool | None:
 
 def nav_label(paper: Paper) -> str:
     """A short sidebar label: the title up to its colon, shortened."""
-    head = paper.title.split(":")[0].strip()
+    head, _, tail = paper.title.partition(":")
+    head = head.strip()
+    if tail.strip() and len(head.split()) >= 3:  # a generic lead ("Deep Model Compression: ...") says less
+        head = tail.strip()
     return head if len(head) <= 48 else head[:45].rstrip() + "..."
 
 
@@ -110,13 +119,15 @@ def _results_section(data: SiteData, paper: Paper) -> list[str]:
     out += ["### Reported by the paper", "", '<span class="kb-badge reported">reported</span> '
             "Numbers as printed in the paper, with where it prints them.", ""]
     if paper.reported:
-        out += ["| Dataset | Model | Metric | Value | Setting | Where |", "|---|---|---|---|---|---|"]
+        out += ["| Dataset | Model | Metric | Value | Setting | Where | Provenance |", "|---|---|---|---|---|---|---|"]
         for r in paper.reported:
+            provenance = (f'<span class="kb-badge copied">copied</span> from {_cell(r.quoted_from)}' if r.quoted_from
+                          else '<span class="kb-badge reported">reported</span> by the paper')
             out.append(f"| {_cell(r.dataset)} | {_cell(r.model)} | {_cell(r.metric)} | {_fmt(r.value)} | "
-                       f"{_cell(r.setting or '')} | {_cell(r.source)} |")
+                       f"{_cell(r.setting or '')} | {_cell(r.source)} | {provenance} |")
     else:
         out.append("No headline numbers recorded from the paper yet.")
-    out += ["", "### Reproduced here", "", '<span class="kb-badge ours">reproduced</span> '
+    out += ["", "### Reproduced here", "", '<span class="kb-badge ours">our run</span> '
             "Numbers from our own runs, written by `kb run` into `results/" + paper.id + ".json`.", ""]
     result = data.results.get(paper.id)
     if result is None:
@@ -228,12 +239,42 @@ def pareto_points(data: SiteData, category: str) -> tuple[list[Any], str]:
     return [], ""
 
 
+def shared_leaderboard(data: SiteData, category: str) -> list[str]:
+    """The family leaderboard under one protocol, from `kb bench <family>`."""
+    bench = data.benchmarks.get(category)
+    if bench is None:
+        return []
+    proto, base = bench["protocol"], bench["baseline"]
+    out = ["## Leaderboard under one protocol", "",
+           f"Every method trains the same student (`{proto['student']}`) from the same initialisation against the "
+           f"same teacher (`{proto['teacher']}`, {bench['teacher']['mean']:.2f}%) on `{proto['dataset']}` "
+           f"({proto['n_train']} train / {proto['n_test']} test), {proto['epochs']} epochs, seeds "
+           f"{proto['seeds']}. {proto['notes']} Written by `kb bench {category}` ({bench['wall_time_s']:.0f} s, "
+           f"{bench['created']}).", "",
+           "| # | Paper | Method | Student accuracy % | Δ vs student alone |", "|---|---|---|---|---|",
+           f"| – | student alone (baseline) | cross-entropy | {base['mean']:.2f} ± {base['std']:.2f} | – |"]
+    for rank, row in enumerate(bench["rows"], 1):
+        paper = data.registry.get(row["paper"])
+        title = nav_label(paper) if paper else row["paper"]
+        acc = row["accuracy"]
+        out.append(f"| {rank} | [{_cell(title)}](../papers/{row['paper']}.md) | `{row['method']}` | "
+                   f"{acc['mean']:.2f} ± {acc['std']:.2f} | {acc['mean'] - base['mean']:+.2f} |")
+    out.append("")
+    if bench["rows"]:
+        out += [f"![Leaderboard of {category}](../figures/bench_{category}.png)", ""]
+    for paper_id, why in bench.get("failures", {}).items():
+        out.append(f"- `{paper_id}` could not run under this protocol: {_cell(why)}")
+    out += ["", "Multi-stage schedules that a paper runs outside its `forward_train` (hint stages, generations, "
+            "teacher-assistant chains) are not part of this protocol; each paper page has its own reproduction.", ""]
+    return out
+
+
 def leaderboard(data: SiteData, category: str) -> list[str]:
     """Per paper with results: the best method row against the best baseline row, with sizes and verdict."""
     papers = [p for p in data.registry.papers if p.category == category and p.id in data.results]
     if not papers:
         return []
-    out = ["## Leaderboard (reproduced)", "",
+    out = ["## Each paper's own reproduction", "",
            "Each row is one paper's own small-scale protocol: compare accuracies only between rows with the same "
            "dataset and protocol. Method = the paper's best variant; baseline = the best variant it is compared "
            "with (same seeds and epochs).", "",
@@ -268,6 +309,7 @@ def category_page(data: SiteData, category: str) -> str:
         out.append(f"| [{_cell(p.title)}](../papers/{p.id}.md) | {p.year} | {_cell(p.venue)} | {p.status} | "
                    f"{BADGES[verdict(data, p.id)]} |")
     out.append("")
+    out += shared_leaderboard(data, category)
     out += leaderboard(data, category)
     return "\n".join(out) + "\n"
 
@@ -281,7 +323,7 @@ def home_page(data: SiteData) -> str:
            "questions and, where written, a runnable PyTorch implementation whose small-scale reproduction "
            "checks the paper's headline claim. Numbers are tagged: "
            '<span class="kb-badge reported">reported</span> by the paper, '
-           '<span class="kb-badge ours">reproduced</span> by our own runs.', "",
+           '<span class="kb-badge ours">our run</span> measured by our own reproductions.', "",
            "| Category | Papers | Implemented | Reproduced | Not reproduced |", "|---|---|---|---|---|"]
     totals = [0, 0, 0, 0]
     for cat in CATEGORIES:

@@ -6,7 +6,7 @@ import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["Point", "pareto_front", "pareto_png"]
+__all__ = ["Point", "leaderboard_png", "pareto_front", "pareto_png"]
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,32 @@ def pareto_png(points: Sequence[Point], xlabel: str, title: str) -> bytes:
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right", ncol=2)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def leaderboard_png(labels: Sequence[str], means: Sequence[float], stds: Sequence[float], baseline: float,
+                    teacher: float, title: str) -> bytes:
+    """Horizontal bars of mean accuracy (± std) per method, with the student-alone and teacher lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 0.32 * len(labels) + 1.4), dpi=110)
+    ypos = list(range(len(labels)))[::-1]
+    colors = ["#2e7d32" if m > baseline else "#c62828" for m in means]
+    ax.barh(ypos, means, xerr=stds, color=colors, alpha=0.8)
+    ax.axvline(baseline, color="black", ls="--", lw=1, label=f"student alone {baseline:.1f}%")
+    ax.axvline(teacher, color="#1565c0", ls=":", lw=1, label=f"teacher {teacher:.1f}%")
+    ax.set_yticks(ypos, labels, fontsize=8)
+    ax.set_xlabel("student test accuracy (%)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7, loc="lower right")
+    ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")

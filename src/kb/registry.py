@@ -240,6 +240,19 @@ def check_repository(root: Path, registry: Registry) -> CheckReport:
             strays["results"].append(str(path.relative_to(root)))
         else:
             report.errors.extend(_check_result(path, by_id[path.stem]))
+    for path in _listing(root, "results/benchmarks/*.json"):
+        try:
+            from kb.results import load_benchmark
+
+            bench = load_benchmark(path)
+        except ImportError:
+            continue
+        except Exception as exc:  # noqa: BLE001 - load_benchmark phrases its own errors
+            report.errors.append(str(exc))
+            continue
+        unknown = [row.paper for row in bench.rows if row.paper not in by_id]
+        if bench.family != path.stem or unknown:
+            report.errors.append(f"{path}: family {bench.family!r} or papers {unknown} do not match the registry")
     for kind, paths in strays.items():
         if paths:
             report.errors.append(f"{kind} without a registry entry (run `kb add`): {', '.join(paths)}")

@@ -22,13 +22,16 @@ __all__ = [
     "SCHEMA_VERSION",
     "Accuracy",
     "Answer",
+    "Benchmark",
     "Claim",
     "Environment",
     "Protocol",
     "Result",
     "ResultError",
     "Row",
+    "load_benchmark",
     "load_result",
+    "write_benchmark",
     "write_result",
 ]
 
@@ -197,3 +200,67 @@ def write_result(data: Result | dict[str, Any], path: str | Path) -> Result:
     finally:
         tmp.unlink(missing_ok=True)
     return result
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Family leaderboards under one shared protocol: results/benchmarks/<family>.json, written by `kb bench <family>`
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class BenchProtocol(_Model):
+    """The one protocol every method of a family leaderboard shares."""
+
+    dataset: str
+    n_train: Annotated[int, Field(ge=1)]
+    n_test: Annotated[int, Field(ge=1)]
+    teacher: str
+    student: str
+    seeds: Annotated[list[int], Field(min_length=1)]
+    teacher_epochs: Annotated[int, Field(ge=1)]
+    epochs: Annotated[int, Field(ge=1)]
+    notes: str = ""
+
+
+class BenchRow(_Model):
+    """One paper's method under the shared protocol."""
+
+    paper: Annotated[str, Field(pattern=ID_PATTERN)]
+    method: str
+    accuracy: Accuracy
+
+
+class Benchmark(_Model):
+    """The contents of `results/benchmarks/<family>.json`."""
+
+    family: str
+    profile: Literal["quick", "default"]
+    protocol: BenchProtocol
+    teacher: Accuracy
+    baseline: Accuracy  # the student trained alone
+    rows: list[BenchRow]
+    failures: dict[str, str] = Field(default_factory=dict)  # paper id -> why its method could not run
+    wall_time_s: Annotated[float, Field(ge=0.0)]
+    created: str
+
+
+def write_benchmark(data: Benchmark | dict[str, Any], path: str | Path) -> Path:
+    """Validate and write a benchmark file atomically; nothing is written when validation fails."""
+    bench = data if isinstance(data, Benchmark) else Benchmark.model_validate(data)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(bench.model_dump(mode="json"), indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def load_benchmark(path: str | Path) -> Benchmark:
+    """Read and validate a benchmark file; errors name the file."""
+    path = Path(path)
+    try:
+        return Benchmark.model_validate_json(path.read_text(encoding="utf-8"))
+    except (OSError, ValidationError) as err:
+        raise ResultError(f"{path}: invalid benchmark file: {err}") from err

@@ -88,6 +88,7 @@ class Reported(_Model):
     value: float | str  # a number, or a string such as "49x" when the paper states it so
     source: Text  # where in the paper: "Table 2", "Sec. 4.1"
     setting: str | None = None  # e.g. "teacher ResNet-110, student ResNet-20"
+    quoted_from: str | None = None  # the other paper this number is copied from, when not read off this paper
 
 
 class Implementation(_Model):
@@ -131,9 +132,13 @@ class Paper(_Model):
         impl = self.implementation
         if impl is not None:
             if PurePosixPath(impl.path).name != f"{self.id}.py" or not impl.path.startswith("implementations/"):
-                raise ValueError(f"implementation.path must be implementations/<family>/{self.id}.py, got {impl.path!r}")
+                raise ValueError(
+                    f"implementation.path must be implementations/<family>/{self.id}.py, got {impl.path!r}"
+                )
             if impl.test != f"tests/implementations/test_{self.id}.py":
-                raise ValueError(f"implementation.test must be tests/implementations/test_{self.id}.py, got {impl.test!r}")
+                raise ValueError(
+                    f"implementation.test must be tests/implementations/test_{self.id}.py, got {impl.test!r}"
+                )
         if self.status != "noted" and impl is None:
             raise ValueError(f"status {self.status!r} needs an `implementation` block")
         if self.status == "noted" and impl is not None:

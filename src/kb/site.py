@@ -72,7 +72,7 @@ def on_files(files: Any, config: Any) -> Any:
         pareto_points,
         questions_page,
     )
-    from kb.plots import pareto_png
+    from kb.plots import leaderboard_png, pareto_png
 
     data = _data(config)
     generated: dict[str, str | bytes] = {
@@ -84,6 +84,13 @@ def on_files(files: Any, config: Any) -> Any:
     for category in CATEGORY_TITLES:
         if any(p.category == category for p in data.registry.papers):
             generated[f"categories/{category}.md"] = category_page(data, category)
+            bench = data.benchmarks.get(category)
+            if bench and bench["rows"]:
+                rows = bench["rows"]
+                generated[f"figures/bench_{category}.png"] = leaderboard_png(
+                    [r["method"] for r in rows], [r["accuracy"]["mean"] for r in rows],
+                    [r["accuracy"]["std"] for r in rows], bench["baseline"]["mean"], bench["teacher"]["mean"],
+                    f"{CATEGORY_TITLES[category]}: one protocol ({bench['protocol']['dataset']})")
             points, xlabel = pareto_points(data, category)
             if points:
                 generated[f"figures/pareto_{category}.png"] = pareto_png(points, xlabel, CATEGORY_TITLES[category])

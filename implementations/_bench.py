@@ -1,0 +1,129 @@
+r"""Family leaderboards under ONE protocol: every method on the same data, models, seeds and epochs.
+
+Each paper's own `reproduce()` uses the protocol that suits its claim, so its numbers do not compare across papers.
+Here the harness contract makes a common protocol possible: every distillation entry point is a `Distiller` built
+as `entrypoint(student, teacher)` (the same call the smoke test makes), and `fit()` minimises the sum of the terms
+its `forward_train` returns. So all distillers train the same half-width ResNet-8 student from the same
+initialisation against the same trained teacher on sklearn digits, and only the loss differs.
+
+What this does not capture: multi-stage schedules a paper runs outside `forward_train` (FitNets' hint stage, FSP's
+first stage, Born-Again generations, TA chains) -- each method enters with its single-stage loss and defaults.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import inspect
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+__all__ = ["BenchConfig", "bench_distillation"]
+
+BENCHES = {"distillation": "bench_distillation"}
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """The shared protocol; `quick` shrinks it to a smoke run."""
+
+    dataset: str = "digits"  # sklearn 8x8 digits: 2-D inputs, so feature-map methods (AT, FSP) apply
+    teacher: tuple[str, float] = ("resnet8", 1.0)  # channels 16-16-32-64
+    student: tuple[str, float] = ("resnet8", 0.5)  # channels 8-8-16-32, same stages and map sizes
+    seeds: tuple[int, ...] = (0, 1)  # one teacher and one student initialisation per seed
+    teacher_epochs: int = 10
+    epochs: int = 8  # student epochs, the same for every method
+    lr: float = 0.05  # SGD momentum 0.9, cosine schedule, weight decay 5e-4 (the harness defaults)
+    batch_size: int = 64
+
+
+QUICK = BenchConfig(seeds=(0,), teacher_epochs=1, epochs=1)
+
+
+def _distillers(registry: Any) -> list[tuple[str, type]]:
+    """(paper id, entry point class) of every implemented distillation paper whose entry point is a Distiller."""
+    from implementations.distillation._base import Distiller
+
+    out = []
+    for paper in registry.papers:
+        if paper.status != "implemented" or paper.family != "distillation":
+            continue
+        entry = getattr(importlib.import_module(paper.module), paper.implementation.entrypoint)
+        if inspect.isclass(entry) and issubclass(entry, Distiller):
+            out.append((paper.id, entry))
+    return out
+
+
+def bench_distillation(registry: Any, quick: bool = False, progress: bool = False) -> dict[str, Any]:
+    """Train every distiller's student under `BenchConfig`; rows are sorted by mean accuracy."""
+    from implementations._data import load_dataset
+    from implementations._harness import Supervised, evaluate, fit, seed_everything
+    from implementations._measure import accuracy_stats, count_params
+    from implementations._models import build_model
+
+    cfg = QUICK if quick else BenchConfig()
+    data = load_dataset(cfg.dataset)
+    methods = _distillers(registry)
+    acc: dict[str, list[float]] = {"teacher": [], "student": []}
+    failures: dict[str, str] = {}
+    started = time.perf_counter()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for seed in cfg.seeds:
+            seed_everything(seed)
+            teacher = build_model(cfg.teacher[0], data.num_classes, data.input_shape, width=cfg.teacher[1])
+            train = dict(lr=cfg.lr, batch_size=cfg.batch_size, seed=seed, progress=progress)
+            fit(Supervised(teacher), teacher.parameters(), data, epochs=cfg.teacher_epochs, **train)
+            acc["teacher"].append(evaluate(teacher, data))
+            for name, entry in [("student", None), *methods]:
+                if name in failures:
+                    continue
+                seed_everything(seed)  # every student starts from the same weights
+                student = build_model(cfg.student[0], data.num_classes, data.input_shape, width=cfg.student[1])
+                try:
+                    # a fresh copy of the teacher: a method may wrap or extend it (e.g. a subclass head)
+                    task = Supervised(student) if entry is None else entry(student, copy.deepcopy(teacher))
+                    trainable = getattr(task, "trainable_parameters", None)
+                    params = trainable() if callable(trainable) else student.parameters()
+                    fit(task, params, data, epochs=cfg.epochs, **train)
+                except Exception as exc:  # noqa: BLE001 - one method's failure must not hide the others
+                    failures[name] = f"{type(exc).__name__}: {exc}"
+                    acc.pop(name, None)
+                    continue
+                acc.setdefault(name, []).append(evaluate(task, data))  # the task's forward is its prediction
+    finally:
+        torch.set_num_threads(threads)
+    student_params = count_params(build_model(cfg.student[0], data.num_classes, data.input_shape, cfg.student[1]))
+    labels = {pid: entry.__name__ for pid, entry in methods}
+    rows = [
+        {"paper": name, "method": labels.get(name, name), "accuracy": accuracy_stats(values)}
+        for name, values in acc.items()
+        if name not in ("teacher", "student")
+    ]
+    rows.sort(key=lambda r: -r["accuracy"]["mean"])
+    return {
+        "family": "distillation",
+        "profile": "quick" if quick else "default",
+        "protocol": {
+            "dataset": data.name,
+            "n_train": data.n_train,
+            "n_test": data.n_test,
+            "teacher": f"{cfg.teacher[0]} w={cfg.teacher[1]:g}",
+            "student": f"{cfg.student[0]} w={cfg.student[1]:g} ({student_params:,} parameters)",
+            "seeds": list(cfg.seeds),
+            "teacher_epochs": cfg.teacher_epochs,
+            "epochs": cfg.epochs,
+            "notes": f"SGD momentum 0.9, cosine lr {cfg.lr}, batch {cfg.batch_size}, weight decay 5e-4; each "
+            "method's default Config and single-stage forward_train loss; last epoch reported.",
+        },
+        "teacher": accuracy_stats(acc["teacher"]),
+        "baseline": accuracy_stats(acc["student"]),
+        "rows": rows,
+        "failures": failures,
+        "wall_time_s": round(time.perf_counter() - started, 1),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }

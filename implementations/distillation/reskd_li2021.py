@@ -1,0 +1,369 @@
+r"""ResKD: Residual-Guided Knowledge Distillation (Li, Li, Omar, Wu & Li, 2021).
+
+Paper: [arXiv:2006.04719](https://arxiv.org/abs/2006.04719) · notes: `papers/reskd_li2021.md`
+
+A base student $S_0$ is distilled from the teacher $T$. The knowledge it still misses, the residual
+$z_T(x) - z_{S_{k-1}}(x)$ between the teacher's logits and those of the current student, is the target of a much
+smaller *res-student* $R_k$, and the new student is the sum
+
+$$
+z_{S_k}(x) = z_{S_{k-1}}(x) + z_{R_k}(x) = z_{S_0}(x) + \sum_{j=1}^{k} z_{R_j}(x).
+$$
+
+$R_k$ is trained with everything before it frozen, on the residual regression plus the label loss of the sum,
+
+$$
+\mathcal{L}_k = \alpha\, \tfrac{1}{K}\big\lVert z_{R_k}(x) - \big(z_T(x) - z_{S_{k-1}}(x)\big) \big\rVert_2^2
+              + (1 - \alpha)\, \mathrm{CE}\big(y, \mathrm{softmax}(z_{S_k}(x))\big).
+$$
+
+Res-students are added while the gap energy $E_k = \mathbb{E}_x \tfrac{1}{K}\lVert z_T(x) - z_{S_k}(x)\rVert^2$ on
+held-out data keeps shrinking, $E_k < (1 - \epsilon) E_{k-1}$. At inference the chain is evaluated stage by stage
+and an input leaves at the first stage $k$ whose prediction is confident, $\max_c \mathrm{softmax}(z_{S_k})_c \ge
+\tau$, so easy inputs pay only for $S_0$ (sample-adaptive inference). The paper searches the res-students'
+architectures with NAS; here they are a fixed small 1-D CNN.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from implementations.distillation._base import Distiller
+from implementations.distillation.kd_hinton2015 import kd_loss
+
+if TYPE_CHECKING:
+    from implementations._harness import RunContext
+
+__all__ = ["Config", "ResKD", "adaptive_exit", "gap_energy", "reproduce", "residual_loss", "stop_index"]
+
+
+@dataclass(frozen=True)
+class Config:
+    """Hyperparameters (the paper's are not in our notes; these mirror the KD defaults)."""
+
+    alpha: float = 0.9  # $\alpha$: weight of the residual (teacher) term vs the label term
+    temperature: float = 4.0  # $T$ of the KD loss that trains the base student $S_0$
+    min_decrease: float = 0.05  # $\epsilon$: stop when the gap energy shrinks by less than this fraction
+    confidence: float = 0.9  # $\tau$: an input exits at the first stage with max softmax >= tau
+
+
+def residual_loss(res_logits: Tensor, teacher_logits: Tensor, prev_logits: Tensor) -> Tensor:
+    r"""$\tfrac{1}{K}\lVert z_R - (z_T - z_{S_{k-1}}) \rVert^2$, averaged over the batch.
+
+    Args:
+        res_logits: Output of the res-student $z_{R_k}$, `(B, K)`.
+        teacher_logits: $z_T$, `(B, K)`.
+        prev_logits: Logits of the current student $z_{S_{k-1}}$ (frozen), `(B, K)`.
+
+    Returns:
+        A scalar tensor, 0 when the res-student predicts the gap exactly.
+    """
+    return F.mse_loss(res_logits, teacher_logits - prev_logits)
+
+
+def gap_energy(teacher_logits: Tensor, student_logits: Tensor) -> float:
+    r"""$E = \frac{1}{BK} \sum_b \lVert z_T(x_b) - z_S(x_b) \rVert^2$, the size of the remaining residual."""
+    return float((teacher_logits - student_logits).pow(2).mean())
+
+
+def stop_index(energies: Sequence[float], min_decrease: float) -> int:
+    r"""Number of res-students to keep: add $R_k$ while $E_k < (1 - \epsilon) E_{k-1}$.
+
+    Args:
+        energies: $E_0, E_1, \dots$: gap energy of $S_0$ and of each longer chain.
+        min_decrease: $\epsilon$.
+
+    Returns:
+        $k^\ast$, the length of the chain after which the gap stopped shrinking (0 = base student only).
+    """
+    for k in range(1, len(energies)):
+        if energies[k] >= (1 - min_decrease) * energies[k - 1]:
+            return k - 1
+    return len(energies) - 1
+
+
+def adaptive_exit(stage_logits: Tensor, stage_flops: Sequence[float], confidence: float) -> tuple[Tensor, Tensor]:
+    r"""Sample-adaptive inference: each input leaves at the first stage with $\max_c p_c \ge \tau$.
+
+    Args:
+        stage_logits: Logits of $S_0, S_1, \dots, S_n$, `(n + 1, B, K)`.
+        stage_flops: Cumulative FLOPs of running the chain up to each stage, length $n + 1$.
+        confidence: $\tau$; the last stage answers every input that never reaches it.
+
+    Returns:
+        `(predictions, flops)`: predicted classes `(B,)` and the FLOPs each input used `(B,)`.
+    """
+    confident = F.softmax(stage_logits, dim=-1).amax(dim=-1) >= confidence  # (S, B)
+    confident[-1] = True
+    exit_stage = confident.float().argmax(dim=0)  # first confident stage, (B,)
+    batch = torch.arange(stage_logits.shape[1], device=stage_logits.device)
+    predictions = stage_logits[exit_stage, batch].argmax(dim=-1)  # (B,)
+    flops = torch.as_tensor(list(stage_flops), dtype=torch.float32, device=stage_logits.device)[exit_stage]
+    return predictions, flops
+
+
+class ResKD(Distiller):
+    """Base student plus a chain of res-students; trains $S_0$ by KD, then only the newest res-student."""
+
+    def __init__(
+        self, student: nn.Module, teacher: nn.Module, res_students: Sequence[nn.Module] = (), cfg: Config | None = None
+    ) -> None:
+        super().__init__(student, teacher)
+        self.cfg = cfg or Config()
+        self.res_students = nn.ModuleList()
+        self.use_teacher = True  # False: fit the res-student to the labels only (boosting ablation)
+        for res in res_students:
+            self.add_res_student(res)
+
+    def add_res_student(self, res_student: nn.Module) -> None:
+        """Freeze the current chain and append `res_student`, the only trainable part from now on."""
+        self.student.requires_grad_(False)
+        for res in self.res_students:
+            res.requires_grad_(False)
+        self.res_students.append(res_student)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> ResKD:
+        """Only the module being trained follows `mode`; the teacher and the frozen chain stay in eval mode."""
+        super().train(mode)
+        frozen = [self.student, *self.res_students[:-1]] if len(self.res_students) else []
+        for module in frozen:
+            module.eval()
+        return self
+
+    def stage_logits(self, x: Tensor, stages: int | None = None) -> Tensor:
+        r"""Cumulative logits $z_{S_0}, z_{S_1}, \dots$ of the first `stages` chains, `(S, B, K)`."""
+        count = len(self.res_students) + 1 if stages is None else stages
+        running = self.student(x)  # (B, K)
+        out = [running]
+        for res in self.res_students[: count - 1]:
+            running = running + res(x)
+            out.append(running)
+        return torch.stack(out)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits of the whole chain $z_{S_n}$, `(B, K)`."""
+        return self.stage_logits(x)[-1]
+
+    def forward_train(self, x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """Logits of the chain `(B, K)` and the weighted terms of the stage being trained."""
+        cfg = self.cfg
+        with torch.no_grad():
+            teacher_logits = self.teacher(x)  # (B, K)
+        if not len(self.res_students):  # stage 0: distil the base student (Hinton KD)
+            logits = self.student(x)
+            return logits, {
+                "ce": (1 - cfg.alpha) * F.cross_entropy(logits, y),
+                "kd": cfg.alpha * kd_loss(logits, teacher_logits, cfg.temperature),
+            }
+        with torch.no_grad():
+            prev = self.stage_logits(x, len(self.res_students))[-1]  # $z_{S_{k-1}}$, (B, K)
+        res = self.res_students[-1](x)  # $z_{R_k}$, (B, K)
+        logits = prev + res
+        if not self.use_teacher:
+            return logits, {"ce": F.cross_entropy(logits, y)}
+        return logits, {
+            "residual": cfg.alpha * residual_loss(res, teacher_logits, prev),
+            "ce": (1 - cfg.alpha) * F.cross_entropy(logits, y),
+        }
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Reproduction: `kb run reskd_li2021`
+# ---------------------------------------------------------------------------------------------------------------------
+
+#: MNIST-1D: teacher cnn1d 16-32-32, base student 8-16-16, res-students 4-8-8, matched single student 10-20-20.
+SETTINGS = dict(
+    dataset="mnist1d",
+    n_val=500,
+    teacher=(16, 32, 32),
+    student=(8, 16, 16),
+    res_student=(4, 8, 8),
+    matched=(10, 20, 20),
+    max_res=3,
+    teacher_epochs=8,
+    epochs=6,
+    lr=0.05,
+    batch_size=128,
+)
+QUESTIONS = (
+    "How many res-students are worth adding, and when should the chain stop?",
+    "Is this different in kind from boosting or a teacher-assistant chain?",
+)
+
+
+def reproduce(ctx: RunContext) -> dict[str, Any]:
+    """Teacher, KD base student, chains of up to 3 res-students, adaptive inference and two controls.
+
+    The controls are a res-student fitted to the labels only (boosting) and a single KD student with about the
+    FLOPs of a two-res-student chain. One teacher serves all seeds; every student is retrained for every seed, each
+    for the same number of epochs.
+    """
+    from dataclasses import replace
+
+    from implementations._data import load_dataset
+    from implementations._harness import Supervised, evaluate, fit, seed_everything
+    from implementations._measure import accuracy_stats, count_flops, count_params
+    from implementations._models import CNN1d
+    from implementations._runner import save_accuracy_plot
+
+    s, cfg = SETTINGS, Config()
+    full = load_dataset(s["dataset"], ctx.data_dir, ctx.download, n_train=ctx.n_train)
+    n_val = min(s["n_val"], full.n_train // 5)
+    data = replace(full, x_train=full.x_train[n_val:], y_train=full.y_train[n_val:])  # train on the rest
+    x_val, y_val = full.x_train[:n_val], full.y_train[:n_val]  # held out: gap energy for the stopping rule
+    epochs = ctx.epochs(s["epochs"])
+    train = dict(epochs=epochs, lr=s["lr"], batch_size=s["batch_size"], device=ctx.device, progress=False)
+    channels, length = data.input_shape
+
+    def new(widths: tuple[int, ...]) -> nn.Module:
+        return CNN1d(channels, length, data.num_classes, widths)
+
+    def flops(widths: tuple[int, ...]) -> int:
+        return count_flops(new(widths), torch.zeros(1, *data.input_shape))
+
+    stage_flops = [flops(s["student"]) + k * flops(s["res_student"]) for k in range(s["max_res"] + 1)]
+    acc: dict[str, list[float]] = {}
+    chosen, adaptive_flops, energies_all, val_acc_all = [], [], [], []
+    # one teacher for all seeds (trained with the first seed): the seeds vary the students
+    seed_everything(ctx.seeds[0])
+    teacher = new(s["teacher"])
+    teacher_train = {**train, "epochs": ctx.epochs(s["teacher_epochs"])}
+    fit(Supervised(teacher), teacher.parameters(), data, seed=ctx.seeds[0], **teacher_train)
+    acc["teacher"] = [evaluate(teacher, data)]
+    teacher.eval()
+    with torch.no_grad():
+        teacher_val = teacher(x_val)
+    for seed in ctx.seeds:
+        seed_everything(seed)
+        student = new(s["student"])
+        task = ResKD(student, teacher, cfg=cfg)
+        fit(task, task.trainable_parameters(), data, seed=seed, **train)
+        acc.setdefault("student_kd", []).append(evaluate(task, data))
+        init_res = new(s["res_student"]).state_dict()  # R_1 of ResKD and of the boosting control start alike
+        for k in range(1, s["max_res"] + 1):
+            res = new(s["res_student"])
+            if k == 1:
+                res.load_state_dict(init_res)
+            task.add_res_student(res)
+            fit(task, task.trainable_parameters(), data, seed=seed + 100 * k, **train)
+            acc.setdefault(f"chain_{k}", []).append(evaluate(task, data))
+        task.eval()
+        with torch.no_grad():
+            val_stages, test_stages = task.stage_logits(x_val), task.stage_logits(data.x_test)  # (S, N, K)
+        energies = [gap_energy(teacher_val, z) for z in val_stages]
+        k_star = stop_index(energies, cfg.min_decrease)
+        chosen.append(k_star)
+        energies_all.append(energies)
+        val_acc_all.append([100.0 * float((z.argmax(-1) == y_val).float().mean()) for z in val_stages])
+        acc.setdefault("reskd", []).append(
+            100.0 * float((test_stages[k_star].argmax(-1) == data.y_test).float().mean())
+        )
+        pred, used = adaptive_exit(test_stages[: k_star + 1], stage_flops[: k_star + 1], cfg.confidence)
+        acc.setdefault("reskd_adaptive", []).append(100.0 * float((pred == data.y_test).float().mean()))
+        adaptive_flops.append(float(used.mean()))
+        # controls: a res-student fitted to the labels only (boosting), and a single student of matched cost
+        boost = ResKD(task.student, teacher, cfg=cfg)
+        res = new(s["res_student"])
+        res.load_state_dict(init_res)
+        boost.add_res_student(res)
+        boost.use_teacher = False
+        fit(boost, boost.trainable_parameters(), data, seed=seed + 100, **train)
+        acc.setdefault("boost_1", []).append(evaluate(boost, data))
+        seed_everything(seed)
+        matched = ResKD(new(s["matched"]), teacher, cfg=cfg)
+        fit(matched, matched.trainable_parameters(), data, seed=seed, **train)
+        acc.setdefault("matched_kd", []).append(evaluate(matched, data))
+
+    def make(name: str, label: str, role: str, model_flops: float, params: float, **extra: float) -> dict[str, Any]:
+        return dict(name=name, label=label, role=role, params=round(params), flops=round(model_flops), extra=extra)
+
+    p_student, p_res = count_params(new(s["student"])), count_params(new(s["res_student"]))
+    mean_k = sum(chosen) / len(chosen)
+    chain_params = p_student + mean_k * p_res
+    rows = [
+        make("teacher", "Teacher (cnn1d 16-32-32)", "teacher", flops(s["teacher"]), count_params(new(s["teacher"]))),
+        make("student_kd", "Base student S0 (KD, 8-16-16)", "baseline", stage_flops[0], p_student),
+        *[make(f"chain_{k}", f"S0 + {k} res-student(s)", "ablation", stage_flops[k], p_student + k * p_res)
+          for k in range(1, s["max_res"] + 1)],
+        make("reskd", "ResKD (chain chosen by the gap rule)", "method",
+             sum(stage_flops[k] for k in chosen) / len(chosen), chain_params, mean_res_students=mean_k),
+        make("reskd_adaptive", "ResKD + adaptive inference", "method", sum(adaptive_flops) / len(adaptive_flops),
+             chain_params, confidence=cfg.confidence),
+        make("boost_1", "S0 + 1 res-student on labels only", "ablation", stage_flops[1], p_student + p_res),
+        make("matched_kd", "Single KD student (10-20-20)", "baseline", flops(s["matched"]),
+             count_params(new(s["matched"]))),
+    ]  # fmt: skip
+    for row in rows:
+        row["accuracy"] = accuracy_stats(acc[row["name"]])
+    mean = {row["name"]: row["accuracy"]["mean"] for row in rows}
+    flops_of = {row["name"]: row["flops"] for row in rows}
+    figure = save_accuracy_plot(rows, ctx, "reskd_li2021", title=f"ResKD on {data.name} ({len(ctx.seeds)} seeds)")
+
+    share = 100.0 * flops_of["reskd_adaptive"] / flops_of["teacher"]
+    reproduced = mean["reskd_adaptive"] > mean["student_kd"] and flops_of["reskd_adaptive"] < flops_of["teacher"]
+    mean_energy = [sum(e[k] for e in energies_all) / len(energies_all) for k in range(s["max_res"] + 1)]
+    mean_val = [sum(v[k] for v in val_acc_all) / len(val_acc_all) for k in range(s["max_res"] + 1)]
+    best_val = max(range(len(mean_val)), key=lambda k: mean_val[k])
+    chain_acc = [mean["student_kd"]] + [mean[f"chain_{k}"] for k in range(1, s["max_res"] + 1)]
+    q1 = (
+        f"The gap rule kept {mean_k:.1f} res-students on average (per seed: {chosen}); held-out accuracy peaked at "
+        f"{best_val} res-student(s), so the two criteria {'agree' if round(mean_k) == best_val else 'disagree'} here."
+    )
+    q1_evidence = (
+        f"held-out gap energy E_0..E_{s['max_res']} = {', '.join(f'{e:.3f}' for e in mean_energy)}; test accuracy of "
+        f"S0..S{s['max_res']} = {', '.join(f'{a:.2f}%' for a in chain_acc)}; held-out accuracy "
+        f"{', '.join(f'{a:.2f}%' for a in mean_val)} (mean over seeds)."
+    )
+    teacher_gain, label_gain = mean["chain_1"] - mean["student_kd"], mean["boost_1"] - mean["student_kd"]
+    q2 = "The additive form is gradient boosting on logits; what differs is the target. " + (
+        "Here the teacher's residual gave a larger gain than fitting the labels alone."
+        if teacher_gain > label_gain
+        else "Here fitting the labels alone (plain boosting) did as well or better than the teacher's residual."
+    )
+    return {
+        "id": "reskd_li2021",
+        "protocol": {
+            "dataset": data.name,
+            "n_train": data.n_train,
+            "n_test": data.n_test,
+            "seeds": list(ctx.seeds),
+            "epochs": epochs,
+            "selection": "last",
+            "notes": f"{n_val} training examples held out for the gap-energy stopping rule; one teacher cnn1d "
+            f"{s['teacher']} ({teacher_train['epochs']} epochs, seed {ctx.seeds[0]}; the seeds vary the students), "
+            f"base student {s['student']} distilled with KD (T={cfg.temperature}, alpha={cfg.alpha}) for {epochs} "
+            f"epochs, up to {s['max_res']} res-students {s['res_student']} (fixed architecture instead of NAS), each "
+            f"trained {epochs} epochs on alpha*MSE(residual) + (1-alpha)*CE with the chain frozen; stop when the "
+            f"held-out gap energy shrinks by < {cfg.min_decrease:.0%}; adaptive exit at max softmax >= "
+            f"{cfg.confidence}; SGD momentum 0.9, cosine lr {s['lr']}, batch {s['batch_size']}, wd 5e-4. FLOPs per "
+            "example; the adaptive row's FLOPs are the test-set average.",
+        },
+        "rows": rows,
+        "claim": {
+            "text": "Adding res-students that learn the teacher-student residual improves the distilled student, and "
+            "with sample-adaptive inference the chain needs only a fraction of the teacher's FLOPs.",
+            "reproduced": reproduced,
+            "evidence": f"ResKD adaptive {mean['reskd_adaptive']:.2f}% at {share:.1f}% of the teacher's FLOPs vs base "
+            f"student {mean['student_kd']:.2f}% and teacher {mean['teacher']:.2f}%; fixed chain "
+            f"{mean['reskd']:.2f}%; single KD student of similar cost {mean['matched_kd']:.2f}% "
+            f"({len(ctx.seeds)} seed(s)).",
+        },
+        "answers": [
+            {"question": QUESTIONS[0], "answer": q1, "evidence": q1_evidence},
+            {
+                "question": QUESTIONS[1],
+                "answer": q2,
+                "evidence": f"S0 {mean['student_kd']:.2f}% -> +1 res-student on the teacher residual "
+                f"{mean['chain_1']:.2f}%, +1 res-student on labels only {mean['boost_1']:.2f}% (same init and "
+                "batches).",
+            },
+        ],
+        "figures": [figure],
+    }

@@ -1,0 +1,357 @@
+r"""Slimmable Neural Networks (Yu, Yang, Xu, Yang & Huang, 2019).
+
+Paper: [arXiv:1812.08928](https://arxiv.org/abs/1812.08928) · notes: `papers/slimmable_yu2019.md`
+
+One set of weights $W$ runs at every width multiplier $k \in \mathcal{K} = \{k_1, \dots, k_S\}$: at width $k$ layer
+$l$ uses its first $\lceil k\,C_l \rceil$ channels, so narrower networks are nested in wider ones. Feature
+statistics differ between widths, so each width gets its own (switchable) batch normalisation,
+
+$$
+z_{\text{out}} = \gamma_k \, \frac{z_{\text{in}} - \mu_k}{\sqrt{\sigma_k^2 + \epsilon}} + \beta_k ,
+\qquad k \in \mathcal{K},
+$$
+
+and every mini-batch accumulates the gradients of all widths before one update,
+
+$$
+\min_{W,\ \{\gamma_k, \beta_k\}} \; \sum_{k \in \mathcal{K}} \ell\big(f_k(x; W), y\big).
+$$
+
+The network here is the harness's `CNN1d` made slimmable: stride-2 conv-BN-ReLU stages and a linear head on the
+channel-major flatten, so the first $c$ channels of the last stage are the first $c\,L$ head inputs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from implementations._models import CNN1d
+
+if TYPE_CHECKING:
+    from implementations._harness import RunContext
+
+__all__ = [
+    "Config",
+    "SlicedBatchNorm1d",
+    "SlimmableConv1d",
+    "SlimmableLinear",
+    "SlimmableNet",
+    "SwitchableBatchNorm1d",
+    "reproduce",
+    "width_channels",
+]
+
+
+@dataclass(frozen=True)
+class Config:
+    """Hyperparameters; the four switches are the paper's MobileNet setting."""
+
+    widths: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)  # $\mathcal{K}$, the switches (Sec. 3)
+    channels: tuple[int, ...] = (16, 32, 32)  # $C_l$ of the full-width network (width 1.0)
+    switchable_bn: bool = True  # False: one BN shared by all widths (the naive baseline of Sec. 3.2)
+    in_channels: int = 1  # MNIST-1D has one input channel
+    length: int = 40  # input length of MNIST-1D
+    num_classes: int = 10  # $K$
+
+
+def width_channels(channels: Sequence[int], width: float) -> tuple[int, ...]:
+    r"""Channels $\lceil k\,C_l \rceil$ (at least 1) of every layer at width multiplier $k$."""
+    return tuple(max(1, math.ceil(width * c - 1e-9)) for c in channels)
+
+
+class SlimmableConv1d(nn.Conv1d):
+    """A conv whose active filters are the first `out_channels`, reading as many inputs as the input has."""
+
+    def forward(self, x: Tensor, out_channels: int | None = None) -> Tensor:
+        """`(B, c_in, L) -> (B, out_channels, L')` with the weight slice `W[:out_channels, :c_in]`."""
+        out_channels = self.out_channels if out_channels is None else out_channels
+        weight = self.weight[:out_channels, : x.shape[1]]  # (c_out, c_in, K)
+        bias = None if self.bias is None else self.bias[:out_channels]
+        return F.conv1d(x, weight, bias, self.stride, self.padding, self.dilation)
+
+
+class SlimmableLinear(nn.Linear):
+    """A linear layer that reads only the first `x.shape[1]` input features."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        """`(B, d) -> (B, out_features)` with the weight slice `W[:, :d]`."""
+        return F.linear(x, self.weight[:, : x.shape[1]], self.bias)
+
+
+class SwitchableBatchNorm1d(nn.Module):
+    r"""One private `BatchNorm1d` ($\mu_k, \sigma_k^2, \gamma_k, \beta_k$) per width (switchable BN, Sec. 3.2)."""
+
+    def __init__(self, channels_per_width: Sequence[int]) -> None:
+        super().__init__()
+        self.bns = nn.ModuleList(nn.BatchNorm1d(c) for c in channels_per_width)
+
+    def forward(self, x: Tensor, index: int) -> Tensor:
+        """Normalise `(B, C_k, L)` with the statistics and affine parameters of width number `index`."""
+        return self.bns[index](x)
+
+
+class SlicedBatchNorm1d(nn.BatchNorm1d):
+    r"""One BN for every width: the first $c$ entries of $\gamma, \beta, \mu, \sigma^2$ serve a $c$-channel input.
+
+    This is the shared BN of the paper's naive baseline, and the BN of universally slimmable networks (whose
+    statistics are recomputed per width after training). With `momentum=None` the running statistics are the
+    cumulative average of all batches seen since the last reset, as in `torch.nn.BatchNorm1d`.
+    """
+
+    def forward(self, x: Tensor, index: int | None = None) -> Tensor:
+        """Normalise `(B, c, L)` with the first `c` entries (`index` is ignored: no per-width state)."""
+        c = x.shape[1]
+        factor = 0.0
+        if self.training and self.track_running_stats:
+            self.num_batches_tracked.add_(1)
+            factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        use_batch = self.training or not self.track_running_stats
+        # in-place updates of the slices write into the first c entries of the running buffers
+        return F.batch_norm(
+            x,
+            self.running_mean[:c] if self.track_running_stats else None,
+            self.running_var[:c] if self.track_running_stats else None,
+            self.weight[:c],
+            self.bias[:c],
+            use_batch,
+            factor,
+            self.eps,
+        )
+
+
+class SlimmableNet(nn.Module):
+    """A 1-D conv net runnable at every width of `cfg.widths`; set `.width` to switch."""
+
+    def __init__(self, cfg: Config | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg = cfg or Config()
+        self.widths = tuple(sorted(cfg.widths))
+        convs, norms, c_in, length = [], [], cfg.in_channels, cfg.length
+        for layer, c_out in enumerate(cfg.channels):
+            convs.append(SlimmableConv1d(c_in, c_out, 5, stride=2, padding=2, bias=False))
+            if cfg.switchable_bn:
+                norms.append(SwitchableBatchNorm1d([width_channels(cfg.channels, w)[layer] for w in self.widths]))
+            else:
+                norms.append(SlicedBatchNorm1d(c_out))
+            c_in, length = c_out, (length - 1) // 2 + 1
+        self.convs, self.norms = nn.ModuleList(convs), nn.ModuleList(norms)
+        self.out_length = length  # $L$ of the last stage; the head reads its first c * L features
+        self.head = SlimmableLinear(c_in * length, cfg.num_classes)
+        self.width = self.widths[-1]  # the active switch
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits `(B, K)` of the sub-network at `self.width` from inputs `(B, C, L)`."""
+        index = self.widths.index(self.width)
+        h = x if x.dim() == 3 else x.unsqueeze(1)  # (B, C, L)
+        for conv, norm, c in zip(self.convs, self.norms, width_channels(self.cfg.channels, self.width), strict=True):
+            h = F.relu(norm(conv(h, c), index))  # (B, c, L_l)
+        return self.head(h.flatten(1))  # channel-major flatten: the first c * L features
+
+    def forward_train(self, x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        r"""Full-width logits and one cross-entropy per width; their sum is the paper's objective."""
+        losses, logits = {}, None
+        for width in reversed(self.widths):  # widest first, as in the authors' training loop
+            self.width = width
+            out = self(x)  # (B, K)
+            losses[f"ce_w{width:g}"] = F.cross_entropy(out, y)
+            logits = out if logits is None else logits
+        self.width = self.widths[-1]
+        return logits, losses
+
+    @torch.no_grad()
+    def to_standalone(self, width: float) -> CNN1d:
+        """The width-`width` sub-network as a plain `CNN1d` (weights and that width's BN copied), in eval mode."""
+        index, chans = self.widths.index(width), width_channels(self.cfg.channels, width)
+        net = CNN1d(self.cfg.in_channels, self.cfg.length, self.cfg.num_classes, channels=chans)
+        c_prev = self.cfg.in_channels
+        for stage, conv, norm, c in zip(net.stages, self.convs, self.norms, chans, strict=True):
+            stage[0].weight.copy_(conv.weight[:c, :c_prev])
+            source = norm.bns[index] if isinstance(norm, SwitchableBatchNorm1d) else norm
+            for name in ("weight", "bias", "running_mean", "running_var"):
+                getattr(stage[1], name).copy_(getattr(source, name)[:c])
+            c_prev = c
+        net.head.weight.copy_(self.head.weight[:, : c_prev * self.out_length])
+        net.head.bias.copy_(self.head.bias)
+        return net.eval()
+
+    @classmethod
+    def smoke_task(cls) -> tuple[SlimmableNet, Tensor, Tensor]:
+        """A tiny slimmable net and a seeded batch, for the generic smoke test."""
+        torch.manual_seed(0)
+        gen = torch.Generator().manual_seed(0)
+        x, y = torch.randn(8, 1, 40, generator=gen), torch.randint(0, 10, (8,), generator=gen)
+        return cls(Config(channels=(8, 8, 8))), x, y
+
+
+@contextmanager
+def _full_width_statistics(net: SlimmableNet, width: float) -> Iterator[None]:
+    """Temporarily give width `width` the (sliced) running statistics of the full width, as one shared BN would."""
+    saved = []
+    for norm in net.norms:
+        own, full = norm.bns[net.widths.index(width)], norm.bns[-1]
+        saved.append((own, own.running_mean.clone(), own.running_var.clone()))
+        own.running_mean.copy_(full.running_mean[: own.num_features])
+        own.running_var.copy_(full.running_var[: own.num_features])
+    try:
+        yield
+    finally:
+        for own, mean, var in saved:
+            own.running_mean.copy_(mean)
+            own.running_var.copy_(var)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Reproduction: `kb run slimmable_yu2019`
+# ---------------------------------------------------------------------------------------------------------------------
+
+OPEN_QUESTION = (
+    "The notes list this paper as a prerequisite for AutoSlim; how faithfully does a sub-network's accuracy inside "
+    "a slimmable model predict the accuracy of the same width trained alone?"
+)
+
+
+def reproduce(ctx: RunContext) -> dict[str, Any]:
+    """Slimmable (switchable BN) and shared-BN nets against one network trained alone per width, same seeds/epochs."""
+    from implementations._data import load_dataset
+    from implementations._harness import Supervised, evaluate, fit, seed_everything
+    from implementations._measure import accuracy_stats, model_row
+    from implementations.pruning.sfp_he2018 import interleaved_latency
+
+    cfg = Config()
+    data = load_dataset("mnist1d", n_train=ctx.n_train)
+    epochs = ctx.epochs(10)
+    train = dict(lr=0.1, batch_size=128, device=ctx.device, progress=False)
+    acc: dict[str, list[float]] = {}
+    standalone: dict[float, nn.Module] = {}
+    slim_params = {}
+    for seed in ctx.seeds:
+        seed_everything(seed)
+        net = SlimmableNet(cfg)
+        fit(net, net.parameters(), data, epochs, seed=seed, **train)
+        slim_params["slimmable"] = slim_params["sharedstats"] = sum(p.numel() for p in net.parameters())
+        for width in net.widths:
+            net.width = width
+            acc.setdefault(f"slimmable_{width:g}", []).append(evaluate(net, data))
+            with _full_width_statistics(net, width):
+                acc.setdefault(f"sharedstats_{width:g}", []).append(evaluate(net, data))
+            standalone.setdefault(width, net.to_standalone(width))
+        for width in cfg.widths:
+            seed_everything(seed)
+            model = CNN1d(cfg.in_channels, cfg.length, cfg.num_classes, channels=width_channels(cfg.channels, width))
+            fit(Supervised(model), model.parameters(), data, epochs, seed=seed, **train)
+            acc.setdefault(f"individual_{width:g}", []).append(evaluate(model, data))
+
+    cols = {w: model_row(m, data.input_shape) for w, m in standalone.items()}
+    if ctx.profile != "quick":
+        for w, ms in interleaved_latency({w: m for w, m in standalone.items()}, data.input_shape, rounds=3).items():
+            cols[w]["latency_ms"] = ms
+    rows = []
+    for width in cfg.widths:
+        tag = f"{width:g}".replace(".", "")
+        chans = width_channels(cfg.channels, width)
+        for kind, label, role in (
+            ("individual", f"Trained alone, {width:g}x {chans}", "baseline"),
+            ("slimmable", f"Slimmable (switchable BN) at {width:g}x", "method"),
+            ("sharedstats", f"Slimmable, BN statistics of 1.0x shared at {width:g}x", "ablation"),
+        ):
+            extra = (
+                {"width": width} if kind == "individual" else {"width": width, "params_all_widths": slim_params[kind]}
+            )
+            rows.append(
+                dict(
+                    name=f"{kind}_w{tag}",
+                    label=label,
+                    role=role,
+                    accuracy=accuracy_stats(acc[f"{kind}_{width:g}"]),
+                    **cols[width],
+                    extra=extra,
+                )
+            )
+    mean = {k: sum(v) / len(v) for k, v in acc.items()}
+    gaps = {w: mean[f"slimmable_{w:g}"] - mean[f"individual_{w:g}"] for w in cfg.widths}
+    bn_gaps = {w: mean[f"sharedstats_{w:g}"] - mean[f"slimmable_{w:g}"] for w in cfg.widths}
+    reproduced = all(g >= -1.0 for g in gaps.values())
+    per_width = ", ".join(
+        f"{w:g}x: {mean[f'slimmable_{w:g}']:.2f} vs {mean[f'individual_{w:g}']:.2f} (shared "
+        f"statistics {mean[f'sharedstats_{w:g}']:.2f})"
+        for w in cfg.widths
+    )
+    mean_gap = sum(abs(g) for g in gaps.values()) / len(gaps)
+    closeness = "Closely" if mean_gap <= 1.0 else ("Roughly" if mean_gap <= 3.0 else "Poorly")
+    order_slim = sorted(cfg.widths, key=lambda w: mean[f"slimmable_{w:g}"])
+    order_indiv = sorted(cfg.widths, key=lambda w: mean[f"individual_{w:g}"])
+    individual_params = sum(cols[w]["params"] for w in cfg.widths)
+    figure = _plot(ctx, cfg, mean, acc, cols)
+    return {
+        "id": "slimmable_yu2019",
+        "protocol": {
+            "dataset": data.name,
+            "n_train": data.n_train,
+            "n_test": data.n_test,
+            "seeds": list(ctx.seeds),
+            "epochs": epochs,
+            "selection": "last",
+            "notes": f"1-D CNN, full channels {cfg.channels}, switches {cfg.widths}; every run {epochs} epochs, SGD "
+            f"lr {train['lr']} cosine, batch {train['batch_size']}, wd 5e-4; the slimmable nets sum the CE of all "
+            f"widths per batch (one update); the individual nets are plain CNN1d at each width from the same seed. "
+            f"Ablation: each width evaluated with the full width's running statistics sliced to its channels (what "
+            f"one shared BN would store), its own gamma/beta kept. Size columns: the width's sub-network exported as a plain CNN1d (the same function); "
+            f"latency = batch 1, fastest of 3 interleaved rounds, 1 thread.",
+        },
+        "rows": rows,
+        "claim": {
+            "text": "One slimmable network with switchable BN matches networks trained individually at each width "
+            "(here: no width more than 1 point below its individual network).",
+            "reproduced": reproduced,
+            "evidence": f"slimmable vs individual (mean over {len(ctx.seeds)} seeds): {per_width}. One slimmable "
+            f"model holds all widths in {slim_params['slimmable']} parameters vs {individual_params} for the four "
+            f"individual models. Evaluating each width with the full width's sliced BN statistics instead of its own "
+            f"changes accuracy by " + ", ".join(f"{w:g}x {g:+.2f}" for w, g in bn_gaps.items()) + " points.",
+        },
+        "answers": [
+            {
+                "question": OPEN_QUESTION,
+                "answer": f"{closeness}: the in-model accuracy differs from the stand-alone accuracy by "
+                f"{mean_gap:.2f} points on average (at most "
+                f"{max(abs(g) for g in gaps.values()):.2f}), and the widths are ranked "
+                + ("identically." if order_slim == order_indiv else "differently (see evidence)."),
+                "evidence": "slimmable minus individual per width: "
+                + ", ".join(f"{w:g}x {g:+.2f}" for w, g in gaps.items())
+                + f"; rank by slimmable {order_slim}, by individual {order_indiv}.",
+            }
+        ],
+        "figures": [figure],
+    }
+
+
+def _plot(ctx: RunContext, cfg: Config, mean: dict, acc: dict, cols: dict) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    flops = [cols[w]["flops"] for w in cfg.widths]
+    for kind, style in (("individual", "o-"), ("slimmable", "s-"), ("sharedstats", "^--")):
+        values = [acc[f"{kind}_{w:g}"] for w in cfg.widths]
+        std = [torch.tensor(v).std().item() if len(v) > 1 else 0.0 for v in values]
+        ax.errorbar(flops, [mean[f"{kind}_{w:g}"] for w in cfg.widths], yerr=std, fmt=style, capsize=3, label=kind)
+    ax.set_xscale("log")
+    ax.set_xlabel("FLOPs per example (width 0.25x ... 1.0x)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.legend(fontsize=8)
+    ax.set_title("Slimmable 1-D CNN on MNIST-1D", fontsize=9)
+    fig.tight_layout()
+    path = ctx.results_dir / "figures" / "slimmable_yu2019_widths.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return f"{ctx.results_dir.resolve().name}/figures/{path.name}"
