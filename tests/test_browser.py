@@ -90,12 +90,12 @@ def test_paper_page_shows_results_panel_and_plot(page, base_url: str) -> None:
     assert with_figures, "no results file has a figure; run `kb run kd_hinton2015`"
     paper_id = "kd_hinton2015" if "kd_hinton2015" in with_figures else with_figures[0]
     page.goto(f"{base_url}/papers/{paper_id}/")
-    page.wait_for_selector("text=Reproduced here")
+    page.wait_for_selector("h3#reproduced-here")
     assert page.locator(".kb-badge.reproduced, .kb-badge.not-reproduced").count() >= 1
     image = page.locator(".kb-figure img").first
     image.scroll_into_view_if_needed()
     page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=image.element_handle(), timeout=10000)
-    page.wait_for_selector("pre code.hljs", timeout=10000)  # the vendored highlight.js coloured the source
+    page.wait_for_selector("pre code.hljs", state="attached", timeout=10000)  # the vendored highlight.js coloured the source
     assert page.external_requests == []
 
 

@@ -141,3 +141,13 @@ def test_check_finds_entrypoint_missing_from_all(tmp_path: Path) -> None:
         f"{tmp_path / 'registry.yaml'}: entry 'kd_hinton2015': entrypoint 'KD' is not in "
         "implementations/distillation/kd_hinton2015.py's __all__"
     ]
+
+
+def test_a_large_module_may_be_a_package() -> None:
+    impl = {"entrypoint": "KD", "fidelity": "faithful", "test": "tests/implementations/test_kd_hinton2015.py"}
+    paper = _parse({**GOOD, "status": "implemented", "implementation": {
+        **impl, "path": "implementations/distillation/kd_hinton2015/__init__.py"}}).papers[0]
+    assert paper.module == "implementations.distillation.kd_hinton2015"
+    with pytest.raises(RegistryError, match="implementation.path must be"):
+        _parse({**GOOD, "status": "implemented", "implementation": {
+            **impl, "path": "implementations/distillation/other/__init__.py"}})

@@ -92,7 +92,9 @@ class AutoSlim(nn.Module):
     def __init__(self, cfg: Config | None = None, **network: Any) -> None:
         super().__init__()
         self.cfg = cfg = cfg or Config()
-        us = USConfig(channels=cfg.channels, nonuniform=True, inplace_distillation=cfg.inplace_distillation)
+        us = USConfig(
+            channels=cfg.channels, nonuniform=True, fixed_tail=False, inplace_distillation=cfg.inplace_distillation
+        )  # every layer is searched, the last one included (the AutoSlim configurations list it)
         self.supernet = USNet(replace(us, width_range=(cfg.min_width, 1.0), **network))
         self.evaluations = 0  # configurations scored by `estimate` so far
 

@@ -268,7 +268,14 @@ def reproduce(ctx: Any) -> dict[str, Any]:
     from implementations.architecture._base import save_tradeoff_plot
 
     figure = save_tradeoff_plot(rows, ctx, "constraintaware_chen2018", title="Constraint-aware BO at 0.2x FLOPs")
-    cooled = max(mval["bo_linear"], mval["bo_exp"])
+    cooled = (mval["bo_linear"], mval["bo_exp"])
+    vs_fixed = [c - mval["bo_fixed"] for c in cooled]
+    if all(d > 0.5 for d in vs_fixed):
+        verdict = "Yes at this scale"
+    elif all(d < -0.5 for d in vs_fixed):
+        verdict = "No at this scale"
+    else:
+        verdict = "Not clearly at this scale"
     g_end = cooling_schedule(cfg.cooling_steps, replace(cfg, cooling="notes"), 1.0, cfg.flops_ratio)
     return {
         "id": "constraintaware_chen2018",
@@ -293,8 +300,8 @@ def reproduce(ctx: Any) -> dict[str, Any]:
         "claim": {
             "text": "Constrained Bayesian optimisation with a cooled constraint finds a compressed network that "
             "meets the resource constraint with higher accuracy than random search with the same number of "
-            "evaluations.",
-            "reproduced": cooled > mval["random"],
+            "evaluations (here: both the linear and the exponential schedule, held-out accuracy).",
+            "reproduced": all(c > mval["random"] for c in cooled),
             "evidence": f"best feasible held-out accuracy (mean of {len(ctx.seeds)} seeds): linear cooling "
             f"{mval['bo_linear']:.2f}, exponential {mval['bo_exp']:.2f}, random search {mval['random']:.2f}; test "
             f"accuracy {mean['bo_linear']:.2f} / {mean['bo_exp']:.2f} / {mean['random']:.2f} (unpruned "
@@ -303,13 +310,9 @@ def reproduce(ctx: Any) -> dict[str, Any]:
         "answers": [
             {
                 "question": QUESTION_COOLING,
-                "answer": (
-                    "Yes at this scale"
-                    if cooled > mval["bo_fixed"] + 0.5
-                    else ("No at this scale" if cooled < mval["bo_fixed"] - 0.5 else "Not clearly at this scale")
-                )
-                + f": the better cooled BO reaches {cooled:.2f}% held-out accuracy under the final constraint vs "
-                f"{mval['bo_fixed']:.2f}% with the final constraint imposed from the start.",
+                "answer": f"{verdict}: under the final constraint, linear cooling ends {vs_fixed[0]:+.2f} and "
+                f"exponential cooling {vs_fixed[1]:+.2f} points of held-out accuracy from BO that imposes the final "
+                f"constraint from the start ({mval['bo_fixed']:.2f}%).",
                 "evidence": f"linear {mval['bo_linear']:.2f} (test {mean['bo_linear']:.2f}), exponential "
                 f"{mval['bo_exp']:.2f} (test {mean['bo_exp']:.2f}), fixed {mval['bo_fixed']:.2f} (test "
                 f"{mean['bo_fixed']:.2f}); share of evaluations feasible under c: "

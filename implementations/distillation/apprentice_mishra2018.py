@@ -222,8 +222,9 @@ def _plot(rows: list[dict[str, Any]], ctx: RunContext) -> str:
         ("FP init, fine-tuned on labels", ["w2_c_nokd"], "v", "#9467bd"),
         ("FP student quantized to W4, W2, no training", ["w2_ptq", "w4_ptq", "fp"], "x:", "#7f7f7f"),
     ]
-    for label, names, style, color in series:
+    for i, (label, names, style, color) in enumerate(series):
         xs, ys, es = ([by[n][k] for n in names] for k in ("bytes", "mean", "std"))
+        xs = [x * (1 + 0.03 * (i - 2.5)) if by[n]["bits"] == 2 else x for x, n in zip(xs, names, strict=True)]  # jitter
         ax.errorbar(xs, ys, yerr=es, fmt=style, color=color, label=label, capsize=3, markersize=5)
     ax.axhline(by["teacher"]["mean"], color="k", ls="--", lw=1, label="FP teacher")
     ax.set(xscale="log", xlabel="student size in bytes (W2 < W4 < FP weights; log scale)", ylabel="test accuracy (%)")

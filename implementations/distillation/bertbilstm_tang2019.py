@@ -37,14 +37,14 @@ PAD, MASK = 0, 1  # reserved token ids
 
 @dataclass(frozen=True)
 class Config:
-    r"""Loss weight and augmentation probabilities (Sec. 3); `copies` is $n_{\mathrm{iter}}$, cut for the CPU."""
+    r"""Loss weight and augmentation probabilities; `copies` is the paper's $n_{\mathrm{iter}}$, cut for the CPU."""
 
     alpha: float = 0.0  # $\alpha$: weight of the label loss (0: teacher logits only, on every example)
     p_mask: float = 0.1  # $p_{\mathrm{mask}}$
     p_pos: float = 0.1  # $p_{\mathrm{pos}}$: same-POS replacement
     p_ng: float = 0.25  # $p_{\mathrm{ng}}$: n-gram sampling
     max_ngram: int = 5  # largest $n$
-    copies: int = 3  # perturbed copies per labelled sentence ($n_{\mathrm{iter}}$ = 20 in the paper)
+    copies: int = 3  # perturbed copies per labelled sentence, $n_{\mathrm{iter}}$ (far fewer than the paper's)
 
 
 def logit_mse(student_logits: Tensor, teacher_logits: Tensor) -> Tensor:

@@ -3,8 +3,8 @@ r"""Large-Scale Domain Adaptation via Teacher-Student Learning (Li, Seltzer, Wan
 Paper: [arXiv:1708.05466](https://arxiv.org/abs/1708.05466) · notes: `papers/tsda_li2017.md`
 
 A teacher trained on the source domain (clean speech) reads the source half $x^{\mathrm{src}}$ of a parallel pair,
-and a student reads the target half $x^{\mathrm{tgt}}$ (the same utterance, noisy). The student, initialised from
-the teacher, learns the teacher's posteriors without any transcription by minimising the KL divergence, which up to a
+and a student reads the target half $x^{\mathrm{tgt}}$ (the same utterance, noisy). The student (here initialised from
+the teacher) learns the teacher's posteriors without any transcription by minimising the KL divergence, which up to a
 constant in $\theta_S$ is the soft cross-entropy
 
 $$
@@ -12,7 +12,7 @@ $$
     \log P_S\big(s \mid x^{\mathrm{tgt}}_t; \theta_S\big).
 $$
 
-Parallel data are simulated, as the paper does for noisy speech: $x^{\mathrm{tgt}} = h * x^{\mathrm{src}} +
+Here the parallel data are simulated, as noisy speech can be: $x^{\mathrm{tgt}} = h * x^{\mathrm{src}} +
 \sigma\,\varepsilon$, a fixed channel filter $h$ plus fresh Gaussian noise $\varepsilon \sim \mathcal{N}(0, I)$.
 """
 

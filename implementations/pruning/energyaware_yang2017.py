@@ -473,6 +473,8 @@ def _plot(ctx: RunContext, rows: list[dict[str, Any]]) -> str:
     fig, ax = plt.subplots(figsize=(6.5, 4))
     colors = {"baseline": "#1f77b4", "method": "#d62728", "ablation": "#ff7f0e"}
     for row in rows:
+        if row["name"].startswith("onchip"):  # those answer the other-accelerator question, not this axis
+            continue
         x, y = 100 * row["extra"]["energy_eyeriss"], row["accuracy"]["mean"]
         ax.errorbar(x, y, yerr=row["accuracy"]["std"], fmt="o", color=colors[row["role"]], capsize=3)
         ax.annotate(row["label"], (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")

@@ -18,7 +18,8 @@ $$
 $$
 
 The network here is the harness's `CNN1d` made slimmable: stride-2 conv-BN-ReLU stages and a linear head on the
-channel-major flatten, so the first $c$ channels of the last stage are the first $c\,L$ head inputs.
+channel-major flatten. As in the authors' MobileNets, the last stage is a fixed-width tail: only its input is
+slimmed, its outputs and the classifier are shared by all widths (its BN is switchable like every other).
 """
 
 from __future__ import annotations
@@ -57,14 +58,20 @@ class Config:
     widths: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)  # $\mathcal{K}$, the switches (Sec. 3)
     channels: tuple[int, ...] = (16, 32, 32)  # $C_l$ of the full-width network (width 1.0)
     switchable_bn: bool = True  # False: one BN shared by all widths (the naive baseline of Sec. 3.2)
+    fixed_tail: bool = True  # the last stage keeps its full output width, as the authors' MobileNet tail
     in_channels: int = 1  # MNIST-1D has one input channel
     length: int = 40  # input length of MNIST-1D
     num_classes: int = 10  # $K$
 
 
-def width_channels(channels: Sequence[int], width: float) -> tuple[int, ...]:
-    r"""Channels $\lceil k\,C_l \rceil$ (at least 1) of every layer at width multiplier $k$."""
-    return tuple(max(1, math.ceil(width * c - 1e-9)) for c in channels)
+def width_channels(channels: Sequence[int], width: float, fixed_tail: bool = False) -> tuple[int, ...]:
+    r"""Channels $\lceil k\,C_l \rceil$ (at least 1) of every layer at width multiplier $k$.
+
+    With `fixed_tail` the last layer keeps all its channels: in the authors' slimmable and universally slimmable
+    MobileNets only the input of the final 1x1 conv is slimmed, its 1280 outputs and the classifier are not.
+    """
+    out = tuple(max(1, math.ceil(width * c - 1e-9)) for c in channels)
+    return (*out[:-1], channels[-1]) if fixed_tail else out
 
 
 class SlimmableConv1d(nn.Conv1d):
@@ -137,8 +144,9 @@ class SlimmableNet(nn.Module):
         convs, norms, c_in, length = [], [], cfg.in_channels, cfg.length
         for layer, c_out in enumerate(cfg.channels):
             convs.append(SlimmableConv1d(c_in, c_out, 5, stride=2, padding=2, bias=False))
-            if cfg.switchable_bn:
-                norms.append(SwitchableBatchNorm1d([width_channels(cfg.channels, w)[layer] for w in self.widths]))
+            if cfg.switchable_bn:  # every BN is private to its switch, the tail's included (Sec. 3.2)
+                sizes = [width_channels(cfg.channels, w, cfg.fixed_tail)[layer] for w in self.widths]
+                norms.append(SwitchableBatchNorm1d(sizes))
             else:
                 norms.append(SlicedBatchNorm1d(c_out))
             c_in, length = c_out, (length - 1) // 2 + 1
@@ -151,7 +159,8 @@ class SlimmableNet(nn.Module):
         """Logits `(B, K)` of the sub-network at `self.width` from inputs `(B, C, L)`."""
         index = self.widths.index(self.width)
         h = x if x.dim() == 3 else x.unsqueeze(1)  # (B, C, L)
-        for conv, norm, c in zip(self.convs, self.norms, width_channels(self.cfg.channels, self.width), strict=True):
+        chans = width_channels(self.cfg.channels, self.width, self.cfg.fixed_tail)
+        for conv, norm, c in zip(self.convs, self.norms, chans, strict=True):
             h = F.relu(norm(conv(h, c), index))  # (B, c, L_l)
         return self.head(h.flatten(1))  # channel-major flatten: the first c * L features
 
@@ -169,7 +178,7 @@ class SlimmableNet(nn.Module):
     @torch.no_grad()
     def to_standalone(self, width: float) -> CNN1d:
         """The width-`width` sub-network as a plain `CNN1d` (weights and that width's BN copied), in eval mode."""
-        index, chans = self.widths.index(width), width_channels(self.cfg.channels, width)
+        index, chans = self.widths.index(width), width_channels(self.cfg.channels, width, self.cfg.fixed_tail)
         net = CNN1d(self.cfg.in_channels, self.cfg.length, self.cfg.num_classes, channels=chans)
         c_prev = self.cfg.in_channels
         for stage, conv, norm, c in zip(net.stages, self.convs, self.norms, chans, strict=True):
@@ -245,7 +254,8 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
             standalone.setdefault(width, net.to_standalone(width))
         for width in cfg.widths:
             seed_everything(seed)
-            model = CNN1d(cfg.in_channels, cfg.length, cfg.num_classes, channels=width_channels(cfg.channels, width))
+            chans = width_channels(cfg.channels, width, cfg.fixed_tail)
+            model = CNN1d(cfg.in_channels, cfg.length, cfg.num_classes, channels=chans)
             fit(Supervised(model), model.parameters(), data, epochs, seed=seed, **train)
             acc.setdefault(f"individual_{width:g}", []).append(evaluate(model, data))
 
@@ -256,7 +266,7 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
     rows = []
     for width in cfg.widths:
         tag = f"{width:g}".replace(".", "")
-        chans = width_channels(cfg.channels, width)
+        chans = width_channels(cfg.channels, width, cfg.fixed_tail)
         for kind, label, role in (
             ("individual", f"Trained alone, {width:g}x {chans}", "baseline"),
             ("slimmable", f"Slimmable (switchable BN) at {width:g}x", "method"),
@@ -303,8 +313,10 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
             f"lr {train['lr']} cosine, batch {train['batch_size']}, wd 5e-4; the slimmable nets sum the CE of all "
             f"widths per batch (one update); the individual nets are plain CNN1d at each width from the same seed. "
             f"Ablation: each width evaluated with the full width's running statistics sliced to its channels (what "
-            f"one shared BN would store), its own gamma/beta kept. Size columns: the width's sub-network exported as a plain CNN1d (the same function); "
-            f"latency = batch 1, fastest of 3 interleaved rounds, 1 thread.",
+            f"one shared BN would store), its own gamma/beta kept. The last stage is a fixed-width tail (input "
+            f"slimmed, outputs shared, BN switchable), as in the authors' MobileNets. Size columns: the width's "
+            f"sub-network exported as a plain CNN1d (the same function); latency = batch 1, fastest of 3 interleaved "
+            f"rounds, 1 thread.",
         },
         "rows": rows,
         "claim": {

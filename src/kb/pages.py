@@ -257,15 +257,18 @@ def shared_leaderboard(data: SiteData, category: str) -> list[str]:
         paper = data.registry.get(row["paper"])
         title = nav_label(paper) if paper else row["paper"]
         acc = row["accuracy"]
+        flag = " (near chance: protocol mismatch, see below)" if acc["mean"] < 0.25 * base["mean"] else ""
         out.append(f"| {rank} | [{_cell(title)}](../papers/{row['paper']}.md) | `{row['method']}` | "
-                   f"{acc['mean']:.2f} ± {acc['std']:.2f} | {acc['mean'] - base['mean']:+.2f} |")
+                   f"{acc['mean']:.2f} ± {acc['std']:.2f}{flag} | {acc['mean'] - base['mean']:+.2f} |")
     out.append("")
     if bench["rows"]:
         out += [f"![Leaderboard of {category}](../figures/bench_{category}.png)", ""]
     for paper_id, why in bench.get("failures", {}).items():
         out.append(f"- `{paper_id}` could not run under this protocol: {_cell(why)}")
     out += ["", "Multi-stage schedules that a paper runs outside its `forward_train` (hint stages, generations, "
-            "teacher-assistant chains) are not part of this protocol; each paper page has its own reproduction.", ""]
+            "teacher-assistant chains) are not part of this protocol, so a method whose `forward_train` is one stage "
+            "of a longer recipe (a hint-only stage with no label loss, say) can land near chance here: read such a "
+            "row as a protocol mismatch, not as the paper's result. Each paper page has its own reproduction.", ""]
     return out
 
 
@@ -335,7 +338,12 @@ def home_page(data: SiteData) -> str:
         totals = [a + b for a, b in zip(totals, row, strict=True)]
         out.append(f"| [{CATEGORY_TITLES[cat]}](categories/{cat}.md) | " + " | ".join(map(str, row)) + " |")
     out.append("| **All** | " + " | ".join(f"**{t}**" for t in totals) + " |")
-    out += ["", "See also: [open questions from the notes](open-questions.md) · [bibliography](bibliography.md).", ""]
+    out += ["", "See also: [open questions from the notes](open-questions.md) · [bibliography](bibliography.md).", "",
+            "## Run it yourself", "",
+            "From a checkout: `make test` (install and run the tests), `make serve` (build and serve this site), "
+            "then `.venv/bin/kb run <paper id>` reproduces one paper (about a minute on 2 CPU cores) and "
+            "`.venv/bin/kb bench distillation` re-runs the shared-protocol leaderboard. Each paper page names its "
+            "command and the results file it writes.", ""]
     return "\n".join(out)
 
 

@@ -228,8 +228,10 @@ def check_repository(root: Path, registry: Registry) -> CheckReport:
         if path.stem not in by_id:
             strays["notes pages"].append(str(path.relative_to(root)))
     registered_modules = {p.implementation.path for p in registry.papers if p.implementation}
-    for path in _listing(root, "implementations/*/*.py"):
-        if not path.name.startswith("_") and str(path.relative_to(root)) not in registered_modules:
+    modules = [(p, p.name) for p in _listing(root, "implementations/*/*.py")]
+    modules += [(p, p.parent.name) for p in _listing(root, "implementations/*/*/__init__.py")]  # packages
+    for path, name in modules:
+        if not name.startswith("_") and str(path.relative_to(root)) not in registered_modules:
             strays["implementation modules"].append(str(path.relative_to(root)))
     for path in _listing(root, "tests/implementations/test_*.py"):
         paper_id = path.stem.removeprefix("test_")

@@ -131,9 +131,13 @@ class Paper(_Model):
             raise ValueError(f"notes must be {expected_notes!r} (one id names every file), got {self.notes!r}")
         impl = self.implementation
         if impl is not None:
-            if PurePosixPath(impl.path).name != f"{self.id}.py" or not impl.path.startswith("implementations/"):
+            parts = PurePosixPath(impl.path).parts
+            module_file = len(parts) == 3 and parts[2] == f"{self.id}.py"
+            package = len(parts) == 4 and parts[2] == self.id and parts[3] == "__init__.py"  # a module grown large
+            if parts[0] != "implementations" or not (module_file or package):
                 raise ValueError(
-                    f"implementation.path must be implementations/<family>/{self.id}.py, got {impl.path!r}"
+                    f"implementation.path must be implementations/<family>/{self.id}.py (or "
+                    f"implementations/<family>/{self.id}/__init__.py), got {impl.path!r}"
                 )
             if impl.test != f"tests/implementations/test_{self.id}.py":
                 raise ValueError(
@@ -155,7 +159,8 @@ class Paper(_Model):
         """Dotted import path of the implementation, e.g. `implementations.distillation.kd_hinton2015`."""
         if self.implementation is None:
             return None
-        return ".".join(PurePosixPath(self.implementation.path).with_suffix("").parts)
+        parts = PurePosixPath(self.implementation.path).with_suffix("").parts
+        return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
 class Registry(_Model):

@@ -23,6 +23,7 @@ def test_switchable_bn_keeps_separate_statistics() -> None:
     net.width = 0.5
     net(x)
     after = _stats(net)
+    assert [bn.num_features for bn in net.norms[-1].bns] == [8, 8, 8, 8]  # fixed-width tail, private BN per switch
     for layer in range(3):
         for index, width in enumerate(net.widths):
             moved = not torch.equal(before[layer][index], after[layer][index])
@@ -38,17 +39,17 @@ def test_switchable_bn_keeps_separate_statistics() -> None:
 def test_each_width_is_the_nested_plain_network() -> None:
     assert width_channels((16, 32, 32), 0.25) == (4, 8, 8)
     assert width_channels((10,), 0.33) == (4,)  # ceil(3.3)
+    assert width_channels((16, 32, 32), 0.25, fixed_tail=True) == (4, 8, 32)
     torch.manual_seed(0)
     net = SlimmableNet(Config(channels=(8, 16, 16))).eval()
-    for norm in net.norms:  # non-trivial per-width statistics
-        for bn in norm.bns:
-            bn.running_mean.uniform_(-1, 1)
-            bn.running_var.uniform_(0.5, 2)
+    for bn in [b for norm in net.norms for b in norm.bns]:  # non-trivial statistics
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.5, 2)
     x = torch.randn(5, 1, 40)
     for width in net.widths:
         net.width = width
         plain = net.to_standalone(width)
-        assert [s[0].out_channels for s in plain.stages] == list(width_channels((8, 16, 16), width))
+        assert [s[0].out_channels for s in plain.stages] == list(width_channels((8, 16, 16), width, fixed_tail=True))
         assert torch.allclose(net(x), plain(x), atol=1e-5)
     # the 0.5x sub-network reads the first channels only: changing a channel above 0.5x leaves it unchanged
     net.width = 0.5
