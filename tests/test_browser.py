@@ -95,7 +95,8 @@ def test_paper_page_shows_results_panel_and_plot(page, base_url: str) -> None:
     image = page.locator(".kb-figure img").first
     image.scroll_into_view_if_needed()
     page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=image.element_handle(), timeout=10000)
-    page.wait_for_selector("pre code.hljs", state="attached", timeout=10000)  # the vendored highlight.js coloured the source
+    # the vendored highlight.js coloured the source (inside a collapsed block, so attached, not visible)
+    page.wait_for_selector("pre code.hljs", state="attached", timeout=10000)
     assert page.external_requests == []
 
 
