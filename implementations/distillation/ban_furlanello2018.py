@@ -131,16 +131,6 @@ SMALL = dict(
 
 def reproduce(ctx: RunContext) -> dict[str, Any]:
     """Generation 0 on labels, born-again generations, BANE, CWTM and KD from a bigger teacher (DKPP is not run)."""
-    threads = torch.get_num_threads()
-    if ctx.device == "cpu":
-        torch.set_num_threads(1)  # tiny models: one thread avoids oversubscription on a shared CPU
-    try:
-        return _reproduce(ctx)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _reproduce(ctx: RunContext) -> dict[str, Any]:
     from implementations._data import load_dataset
     from implementations._harness import Supervised, evaluate, fit, seed_everything
     from implementations._measure import accuracy_stats, model_row

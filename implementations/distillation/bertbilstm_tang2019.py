@@ -220,16 +220,6 @@ def synthetic_sentiment(n: int, generator: torch.Generator, max_len: int = 14) -
 
 def reproduce(ctx: RunContext) -> dict[str, Any]:
     """Transformer teacher, BiLSTM student; 2x2 design {labelled, + augmented} x {hard labels, teacher logits}."""
-    threads = torch.get_num_threads()
-    if ctx.device == "cpu":
-        torch.set_num_threads(1)  # tiny models: one thread avoids oversubscription on a shared CPU
-    try:
-        return _reproduce(ctx)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _reproduce(ctx: RunContext) -> dict[str, Any]:
     from implementations._data import TensorData
     from implementations._harness import Supervised, evaluate, fit, seed_everything
     from implementations._measure import accuracy_stats, count_params, latency_ms

@@ -142,16 +142,6 @@ SETTING = dict(
 
 def reproduce(ctx: RunContext) -> dict[str, Any]:
     """Labels only vs one-stage joint vs two-stage KPN, with 5% and 25% of the labels."""
-    threads = torch.get_num_threads()
-    if ctx.device == "cpu":
-        torch.set_num_threads(1)  # tiny models: one thread avoids oversubscribing a shared CPU
-    try:
-        return _reproduce(ctx)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _reproduce(ctx: RunContext) -> dict[str, Any]:
     from dataclasses import replace
 
     from implementations._data import load_dataset

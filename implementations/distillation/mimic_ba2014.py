@@ -123,16 +123,6 @@ def _perturbed(x: Tensor, max_shift: int, noise: float, gen: torch.Generator) ->
 
 def reproduce(ctx: RunContext) -> dict[str, Any]:
     """Teacher, then one shallow student trained five ways, over `ctx.seeds`; returns the results dict."""
-    threads = torch.get_num_threads()
-    if ctx.device == "cpu":
-        torch.set_num_threads(1)  # tiny models: one thread avoids oversubscription on a shared CPU
-    try:
-        return _reproduce(ctx)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _reproduce(ctx: RunContext) -> dict[str, Any]:
     from implementations._data import load_dataset
     from implementations._harness import Supervised, evaluate, fit, seed_everything
     from implementations._measure import accuracy_stats, model_row

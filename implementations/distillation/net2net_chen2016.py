@@ -179,16 +179,6 @@ def _epochs_to(curve: list[float], target: float) -> float:
 
 def reproduce(ctx: RunContext) -> dict[str, Any]:
     """Grow a trained small MLP (wider; wider + deeper) and compare learning curves with random initialisation."""
-    threads = torch.get_num_threads()
-    if ctx.device == "cpu":
-        torch.set_num_threads(1)  # tiny models: one thread avoids oversubscribing a shared CPU
-    try:
-        return _reproduce(ctx)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _reproduce(ctx: RunContext) -> dict[str, Any]:
     from implementations._data import load_dataset
     from implementations._harness import Supervised, evaluate, fit, seed_everything
     from implementations._measure import accuracy_stats, model_row

@@ -145,16 +145,6 @@ class _NoisedSupervised(nn.Module):
 
 def reproduce(ctx: RunContext) -> dict[str, Any]:
     """Teacher on the labelled part, noised students on labelled + pseudo-labelled data, two iterations."""
-    threads = torch.get_num_threads()
-    if ctx.device == "cpu":
-        torch.set_num_threads(1)  # tiny models: one thread avoids oversubscribing a shared CPU
-    try:
-        return _reproduce(ctx)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _reproduce(ctx: RunContext) -> dict[str, Any]:
     from implementations._data import load_dataset
     from implementations._harness import evaluate, fit, seed_everything
     from implementations._measure import accuracy_stats, model_row

@@ -124,16 +124,6 @@ def _name(sigma: float) -> str:
 
 def reproduce(ctx: RunContext) -> dict[str, Any]:
     """Noise-free mimic vs noisy-teacher mimic at several sigma, and KD with and without noise."""
-    threads = torch.get_num_threads()
-    if ctx.device == "cpu":
-        torch.set_num_threads(1)  # tiny models: one thread avoids oversubscription on a shared CPU
-    try:
-        return _reproduce(ctx)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _reproduce(ctx: RunContext) -> dict[str, Any]:
     from dataclasses import replace
 
     from implementations._data import load_dataset

@@ -138,16 +138,6 @@ SMALL = dict(dataset="mnist1d", n_train=1000, teacher=("cnn1d", 0.5), teacher_ep
 
 def reproduce(ctx: RunContext) -> dict[str, Any]:
     """LSTM student on a limited MNIST-1D subset: labels, dark knowledge (mixed / pre-training), label smoothing."""
-    threads = torch.get_num_threads()
-    if ctx.device == "cpu":
-        torch.set_num_threads(1)  # tiny models: one thread avoids oversubscription on a shared CPU
-    try:
-        return _reproduce(ctx)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _reproduce(ctx: RunContext) -> dict[str, Any]:
     from implementations._data import load_dataset
     from implementations._harness import Supervised, evaluate, fit, seed_everything
     from implementations._measure import accuracy_stats, model_row

@@ -122,16 +122,6 @@ class _OfflineHint(Distiller):
 
 def reproduce(ctx: RunContext) -> dict[str, Any]:
     """Light alone, booster alone, offline hint from a trained booster, rocket with and without gradient block."""
-    threads = torch.get_num_threads()
-    if ctx.device == "cpu":
-        torch.set_num_threads(1)  # tiny models: one thread avoids oversubscribing a shared CPU
-    try:
-        return _reproduce(ctx)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _reproduce(ctx: RunContext) -> dict[str, Any]:
     from implementations._data import load_dataset
     from implementations._harness import Supervised, evaluate, fit, seed_everything
     from implementations._measure import accuracy_stats, model_row

@@ -261,16 +261,6 @@ def _entropy(model: LSTMSeq2Seq, src: Tensor, out: Tensor) -> float:
 
 def reproduce(ctx: RunContext) -> dict[str, Any]:
     """Teacher LSTM; small LSTM students on references, word-level KD, sequence-level KD, both; greedy and beam."""
-    threads = torch.get_num_threads()
-    if ctx.device == "cpu":
-        torch.set_num_threads(1)  # tiny models: one thread avoids oversubscription on a shared CPU
-    try:
-        return _reproduce(ctx)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _reproduce(ctx: RunContext) -> dict[str, Any]:
     from dataclasses import replace
 
     from implementations._data import TensorData

@@ -159,16 +159,6 @@ class _SubclassTeacher(nn.Module):
 
 def reproduce(ctx: RunContext) -> dict[str, Any]:
     """Teachers with and without the auxiliary loss; students alone, with class KD and with subclass KD."""
-    threads = torch.get_num_threads()
-    if ctx.device == "cpu":
-        torch.set_num_threads(1)  # tiny models: one thread avoids oversubscribing a shared CPU
-    try:
-        return _reproduce(ctx)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _reproduce(ctx: RunContext) -> dict[str, Any]:
     from dataclasses import replace
 
     from sklearn.metrics import adjusted_rand_score

@@ -112,16 +112,6 @@ SMALL = dict(dataset="mnist1d", model=("cnn1d", 0.5), teacher_epochs=10, epochs=
 
 def reproduce(ctx: RunContext) -> dict[str, Any]:
     """Source teacher; students adapted to the noisy domain with and without labels/pairs; over `ctx.seeds`."""
-    threads = torch.get_num_threads()
-    if ctx.device == "cpu":
-        torch.set_num_threads(1)  # tiny models: one thread avoids oversubscription on a shared CPU
-    try:
-        return _reproduce(ctx)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _reproduce(ctx: RunContext) -> dict[str, Any]:
     import copy
 
     from implementations._data import load_dataset
