@@ -103,16 +103,6 @@ SETTING = dict(dataset="mnist1d", model=("cnn1d", 0.25), other=("mlp", 0.5), epo
 
 def reproduce(ctx: RunContext) -> dict[str, Any]:
     r"""Chain $f_0 \to f_3$ of a small CNN on MNIST-1D, plus an MLP refined by itself and by the CNN's $f_0$."""
-    threads = torch.get_num_threads()
-    if ctx.device == "cpu":
-        torch.set_num_threads(1)  # tiny models: one thread avoids oversubscribing a shared CPU
-    try:
-        return _reproduce(ctx)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _reproduce(ctx: RunContext) -> dict[str, Any]:
     from implementations._data import load_dataset
     from implementations._harness import Supervised, evaluate, fit, seed_everything
     from implementations._measure import accuracy_stats, model_row

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from implementations._data import TensorData
     from implementations._harness import RunContext
 
-__all__ = ["INPUT_SHAPE", "Supervised", "figure_path", "fit_ce", "single_thread", "smoke_task", "tiny_model"]
+__all__ = ["INPUT_SHAPE", "Supervised", "figure_path", "fit_ce", "smoke_task", "tiny_model"]
 
 #: Shape of one MNIST-1D input without the batch dimension: one channel of 40 samples.
 INPUT_SHAPE = (1, 40)
@@ -67,12 +67,6 @@ def smoke_task(
     x = torch.randn(batch_size, *INPUT_SHAPE, generator=gen)  # (B, 1, 40)
     y = torch.randint(0, num_classes, (batch_size,), generator=gen)  # (B,)
     return task, x, y
-
-
-def single_thread(ctx: RunContext) -> None:
-    """Train on one CPU thread: on small shared machines two contending threads are slower than one."""
-    if ctx.device == "cpu":
-        torch.set_num_threads(1)
 
 
 def fit_ce(

@@ -155,9 +155,8 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
     from implementations._harness import evaluate, seed_everything
     from implementations._measure import accuracy_stats, latency_ms
     from implementations._models import MLP
-    from implementations.other._base import fit_ce, single_thread
+    from implementations.other._base import fit_ce
 
-    single_thread(ctx)
     s, cfg = SMALL, Config()
     report = EfficiencyReport(cfg)
     data = load_dataset("mnist1d", ctx.data_dir, ctx.download, n_train=ctx.n_train)

@@ -213,9 +213,8 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
     from implementations._harness import seed_everything
     from implementations._measure import accuracy_stats
     from implementations._models import build_model
-    from implementations.other._base import fit_ce, single_thread
+    from implementations.other._base import fit_ce
 
-    single_thread(ctx)
     s = SMALL
     data = load_dataset("mnist1d", ctx.data_dir, ctx.download, n_train=ctx.n_train)
     k, shape = data.num_classes, data.input_shape

@@ -204,9 +204,8 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
     from implementations._data import load_dataset
     from implementations._harness import seed_everything
     from implementations._measure import accuracy_stats, count_flops, model_row
-    from implementations.other._base import figure_path, fit_ce, single_thread
+    from implementations.other._base import figure_path, fit_ce
 
-    single_thread(ctx)
     s = SMALL
     data = load_dataset("mnist1d", ctx.data_dir, ctx.download, n_train=ctx.n_train)
     shape, k = data.input_shape, data.num_classes

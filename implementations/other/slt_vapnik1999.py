@@ -137,9 +137,7 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
     """Width sweep at fixed n and size sweep at fixed width on MNIST-1D: train/test error, gap, VC term."""
     from implementations._data import load_dataset
     from implementations._measure import accuracy_stats
-    from implementations.other._base import single_thread
 
-    single_thread(ctx)
     data = load_dataset("mnist1d", ctx.data_dir, ctx.download)
     sweep = CapacitySweep()
     cfg = sweep.cfg

@@ -134,10 +134,9 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
     from implementations._measure import accuracy_stats, count_flops, latency_ms
     from implementations.distillation.kd_hinton2015 import KD
     from implementations.distillation.kd_hinton2015 import Config as KDConfig
-    from implementations.other._base import fit_ce, single_thread
+    from implementations.other._base import fit_ce
     from implementations.other.cs231n_han2017 import magnitude_prune, quantize_int8
 
-    single_thread(ctx)
     s, cfg = SMALL, Config()
     data = load_dataset("mnist1d", ctx.data_dir, ctx.download, n_train=ctx.n_train)
     k = data.num_classes

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from implementations.quantization._base import beats, latency, single_thread
+from implementations.quantization._base import beats, latency
 
 if TYPE_CHECKING:
     from implementations._data import TensorData
@@ -167,11 +167,6 @@ def _quantized_copy(model: nn.Module, names: list[str], flat_hat: Tensor) -> nn.
 
 def reproduce(ctx: RunContext) -> dict[str, Any]:
     """Train once per seed; quantize all weight matrices jointly with k-means, HW k-means (Fisher, Adam) and uniform."""
-    with single_thread():
-        return _reproduce(ctx)
-
-
-def _reproduce(ctx: RunContext) -> dict[str, Any]:
     from implementations._data import load_dataset
     from implementations._harness import evaluate, seed_everything
     from implementations._measure import accuracy_stats, count_flops, count_params, quantized_bytes

@@ -35,7 +35,6 @@ from implementations.quantization._base import (
     model_bytes,
     quantize_weights,
     remove_weight_quantizers,
-    single_thread,
 )
 
 if TYPE_CHECKING:
@@ -166,11 +165,6 @@ BACKWARDS = ("bw_hwgq_clipped", "bw_hwgq_relu", "bw_hwgq_log")
 
 def reproduce(ctx: RunContext) -> dict[str, Any]:
     """FP, binary weights + ReLU, and binary weights + 2-bit HWGQ with three backward choices, same seeds."""
-    with single_thread():
-        return _reproduce(ctx)
-
-
-def _reproduce(ctx: RunContext) -> dict[str, Any]:
     from implementations._data import load_dataset
     from implementations._harness import evaluate, fit, seed_everything
     from implementations._measure import accuracy_stats, count_flops

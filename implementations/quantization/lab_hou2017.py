@@ -34,7 +34,6 @@ from implementations.quantization._base import (
     model_bytes,
     quantize_weights,
     remove_weight_quantizers,
-    single_thread,
 )
 
 if TYPE_CHECKING:
@@ -147,11 +146,6 @@ SWEEP = {"narrow": (64, 64), "deep": (256,) * 4}  # open question: width and dep
 
 def reproduce(ctx: RunContext) -> dict[str, Any]:
     """Full precision, BinaryConnect, BWN and LAB on a BN-MLP, plus a width/depth sweep of BWN vs LAB."""
-    with single_thread():
-        return _reproduce(ctx)
-
-
-def _reproduce(ctx: RunContext) -> dict[str, Any]:
     from implementations._data import load_dataset
     from implementations._harness import evaluate, fit, seed_everything
     from implementations._measure import accuracy_stats, count_flops

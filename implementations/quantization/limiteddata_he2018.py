@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from implementations.quantization._base import beats, model_bytes, quantizable_layers, quantize, single_thread
+from implementations.quantization._base import beats, model_bytes, quantizable_layers, quantize
 
 if TYPE_CHECKING:
     from implementations._harness import RunContext
@@ -187,7 +187,7 @@ OPEN_QUESTIONS = (
 
 def reproduce(ctx: RunContext) -> dict[str, Any]:
     """Train a BN CNN per seed; naive vs LS scale x stale vs re-estimated BN, over bits and sample counts; int8."""
-    with single_thread(), warnings.catch_warnings():
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.ao deprecation and observer warnings
         return _reproduce(ctx)
 

@@ -37,7 +37,6 @@ from implementations.quantization._base import (
     latency,
     model_bytes,
     remove_weight_quantizers,
-    single_thread,
 )
 
 if TYPE_CHECKING:
@@ -213,11 +212,6 @@ SETTING = dict(dataset="mnist1d", hidden=(128, 128), epochs=8, lr=0.1, batch_siz
 
 def reproduce(ctx: RunContext) -> dict[str, Any]:
     """FP, uniform-grid QAT and LQ QAT at 1-3 bits (weights and activations), same seeds and epochs."""
-    with single_thread():
-        return _reproduce(ctx)
-
-
-def _reproduce(ctx: RunContext) -> dict[str, Any]:
     from implementations._data import load_dataset
     from implementations._harness import Supervised, evaluate, fit, seed_everything
     from implementations._measure import accuracy_stats, count_flops

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from implementations.quantization._base import beats, single_thread
+from implementations.quantization._base import beats
 from implementations.quantization.pqn_yu2018 import kmeans
 
 if TYPE_CHECKING:
@@ -238,11 +238,6 @@ OPEN_QUESTION = (
 
 def reproduce(ctx: RunContext) -> dict[str, Any]:
     """PQ vs LSQ vs LSQ++ at 32-bit codes on CNN features of MNIST-1D: error, recall@N, time; weights as a side test."""
-    with single_thread():
-        return _reproduce(ctx)
-
-
-def _reproduce(ctx: RunContext) -> dict[str, Any]:
     from implementations._data import load_dataset
     from implementations._harness import Supervised, evaluate, fit, seed_everything
     from implementations._measure import accuracy_stats

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from implementations.quantization._base import beats, single_thread
+from implementations.quantization._base import beats
 
 if TYPE_CHECKING:
     from implementations._harness import RunContext
@@ -258,11 +258,6 @@ OPEN_QUESTION = (
 
 def reproduce(ctx: RunContext) -> dict[str, Any]:
     """Triplet embedding + post-hoc k-means PQ vs PQN trained end to end, MNIST-1D retrieval at 16-bit codes."""
-    with single_thread():
-        return _reproduce(ctx)
-
-
-def _reproduce(ctx: RunContext) -> dict[str, Any]:
     from implementations._data import load_dataset
     from implementations._harness import fit, seed_everything
     from implementations._measure import accuracy_stats

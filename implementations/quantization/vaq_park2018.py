@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from implementations.quantization._base import beats, latency, quantizable_layers, single_thread
+from implementations.quantization._base import beats, latency, quantizable_layers
 
 if TYPE_CHECKING:
     from implementations._harness import RunContext
@@ -129,11 +129,6 @@ RATIOS = (0.005, 0.01, 0.02, 0.05)
 
 def reproduce(ctx: RunContext) -> dict[str, Any]:
     """Train a CNN per seed, then post-training uniform, clip-at-tau and VAQ quantization of weights and activations."""
-    with single_thread():
-        return _reproduce(ctx)
-
-
-def _reproduce(ctx: RunContext) -> dict[str, Any]:
     from implementations._data import load_dataset
     from implementations._harness import Supervised, evaluate, fit, seed_everything
     from implementations._measure import accuracy_stats, count_flops, quantized_bytes

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from implementations.quantization._base import beats, latency, round_ste, single_thread
+from implementations.quantization._base import beats, latency, round_ste
 
 if TYPE_CHECKING:
     from implementations._data import TensorData
@@ -225,11 +225,6 @@ def train_wage(model: WAGE, data: TensorData, epochs: int, batch: int, seed: int
 
 def reproduce(ctx: RunContext) -> dict[str, Any]:
     """Float vs 2-8-8-8 WAGE on the same MLP, plus one quantity at a time lowered to 4 bits (first seed)."""
-    with single_thread():
-        return _reproduce(ctx)
-
-
-def _reproduce(ctx: RunContext) -> dict[str, Any]:
     from implementations._data import load_dataset
     from implementations._harness import Supervised, evaluate, fit, seed_everything
     from implementations._measure import accuracy_stats, count_flops, count_params, quantized_bytes
