@@ -1,72 +1,24 @@
-"""DDP on CPU: two gloo processes average to the full-batch gradient and end with identical weights."""
+"""DDP on CPU: two gloo processes launched by torchrun average to the full-batch gradient and end with identical
+weights (the ranks run `tests/ddp_worker.py`)."""
 
 from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
+from ddp_worker import FIT, WORLD_SIZE, batch, images, mlp_task
 from torch import nn
 
-from implementations._data import TensorData
-from implementations._distributed import cleanup, init_distributed, shard_indices
-from implementations._harness import Supervised, fit, seed_everything
-from implementations._models import build_model
+from implementations._distributed import shard_indices
+from implementations._harness import fit
 
-WORLD_SIZE = 2
-
-
-def batch() -> tuple[torch.Tensor, torch.Tensor]:
-    gen = torch.Generator().manual_seed(0)
-    return torch.randn(8, 6, generator=gen), torch.randint(0, 3, (8,), generator=gen)
-
-
-def images() -> TensorData:
-    gen = torch.Generator().manual_seed(1)
-    x, y = torch.randn(32, 1, 8, 8, generator=gen), torch.randint(0, 3, (32,), generator=gen)
-    return TensorData(x, y, x, y, num_classes=3, input_shape=(1, 8, 8))
-
-
-def mlp_task() -> Supervised:
-    seed_everything(0)
-    return Supervised(build_model("mlp", 3, (1, 8, 8), width=0.125))
-
-
-FIT = dict(epochs=2, lr=0.1, batch_size=8, seed=0, progress=False)
-
-
-def _worker(rank: int, port: int, out: str) -> None:
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(rank),
-        WORLD_SIZE=str(WORLD_SIZE),
-        LOCAL_RANK=str(rank),
-    )
-    torch.set_num_threads(1)
-    info = init_distributed("gloo")
-    assert (info.rank, info.world_size) == (rank, WORLD_SIZE) and dist.get_backend() == "gloo"
-    # 1. One DDP step on this rank's half of the batch.
-    torch.manual_seed(0)
-    model = nn.Linear(6, 3)
-    x, y = batch()
-    idx = shard_indices(len(y), rank, WORLD_SIZE, generator=torch.Generator().manual_seed(0))
-    ddp = info.wrap(model)  # keep a reference: the reducer's hooks die with the DDP object
-    F.cross_entropy(ddp(x[idx]), y[idx]).backward()
-    torch.save({"weight": model.weight.grad, "bias": model.bias.grad, "idx": idx}, f"{out}/grad{rank}.pt")
-    # 2. fit() under the process group: an MLP (comparable to one process) and a BN conv net.
-    task = mlp_task()
-    fit(task, task.parameters(), images(), checkpoint=f"{out}/ckpt{rank}.pt", **FIT)
-    seed_everything(0)
-    conv = Supervised(build_model("cnn2d", 3, (1, 8, 8), width=0.25))
-    fit(conv, conv.parameters(), images(), **FIT)
-    torch.save({"mlp": task.state_dict(), "cnn": conv.state_dict()}, f"{out}/state{rank}.pt")
-    cleanup()
+WORKER = Path(__file__).with_name("ddp_worker.py")
 
 
 def _free_port() -> int:
@@ -78,7 +30,16 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("ddp")
-    mp.spawn(_worker, args=(_free_port(), str(out)), nprocs=WORLD_SIZE, join=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TORCH_DISTRIBUTED_DEBUG": "OFF"}
+    if "lo" in {name for _, name in socket.if_nameindex()}:
+        env["GLOO_SOCKET_IFNAME"] = "lo"  # keep gloo on the loopback device, whatever the host name resolves to
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={WORLD_SIZE}", "--nnodes=1",
+           "--master-addr=127.0.0.1", f"--master-port={_free_port()}", str(WORKER), str(out)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    log = (proc.stdout + proc.stderr)[-6000:]
+    assert proc.returncode == 0, f"torchrun exited {proc.returncode}:\n{log}"
+    for r in range(WORLD_SIZE):
+        assert (out / f"done{r}").is_file(), f"rank {r} did not finish:\n{log}"
     return out
 
 
