@@ -23,9 +23,12 @@ from typing import Any
 
 import torch
 
-__all__ = ["BenchConfig", "bench_distillation"]
+from implementations._bench_compression import bench_pruning, bench_quantization
 
-BENCHES = {"distillation": "bench_distillation"}
+__all__ = ["BENCHES", "BenchConfig", "bench_distillation", "bench_pruning", "bench_quantization"]
+
+#: family -> the function of this module that runs its leaderboard
+BENCHES = {"distillation": "bench_distillation", "pruning": "bench_pruning", "quantization": "bench_quantization"}
 
 
 @dataclass(frozen=True)
@@ -109,6 +112,7 @@ def bench_distillation(registry: Any, quick: bool = False, progress: bool = Fals
     rows.sort(key=lambda r: -r["accuracy"]["mean"])
     return {
         "family": "distillation",
+        "kind": "distillation",
         "profile": "quick" if quick else "default",
         "protocol": {
             "dataset": data.name,

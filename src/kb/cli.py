@@ -386,7 +386,9 @@ def bench(root: Path, family: str, *, quick: bool) -> int:
     result = getattr(_bench, _bench.BENCHES[family])(registry, quick=quick, progress=sys.stderr.isatty())
     out = root / "results" / ("quick" if quick else "") / "benchmarks" / f"{family}.json"
     write_benchmark(result, out)
-    print(f"kb bench: wrote {out.relative_to(root)} ({len(result['rows'])} methods, {result['wall_time_s']} s)")
+    print(f"kb bench: wrote {out.relative_to(root)} ({len(result['rows'])} rows, {result['wall_time_s']} s)")
+    for paper_id, why in result.get("excluded", {}).items():
+        print(f"kb bench: {paper_id} is not part of this protocol: {why}", file=sys.stderr)
     for paper_id, why in result["failures"].items():
         print(f"kb bench: {paper_id} could not run under the shared protocol: {why}", file=sys.stderr)
     return 0
@@ -462,7 +464,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
 
     p = sub.add_parser("bench", help="a family leaderboard under one shared protocol")
-    p.add_argument("family", choices=["distillation"])
+    p.add_argument("family", choices=["distillation", "pruning", "quantization"])
     p.add_argument("--quick", action="store_true", help="smoke run (writes results/quick/benchmarks/)")
 
     p = sub.add_parser("site", help="build or serve the documentation site")

@@ -14,8 +14,9 @@ from typing import Any
 
 from kb.schema import CATEGORIES, Paper, Registry
 
-__all__ = ["CATEGORY_TITLES", "SiteData", "bibliography_page", "category_page", "home_page", "leaderboard",
-           "load_site_data", "nav_label", "paper_page", "pareto_points", "questions_page", "shared_leaderboard"]
+__all__ = ["CATEGORY_TITLES", "SiteData", "bench_points", "bibliography_page", "category_page", "home_page",
+           "leaderboard", "load_site_data", "nav_label", "paper_page", "pareto_points", "questions_page",
+           "shared_leaderboard"]
 
 CATEGORY_TITLES = {
     "distillation": "Knowledge distillation",
@@ -244,6 +245,8 @@ def shared_leaderboard(data: SiteData, category: str) -> list[str]:
     bench = data.benchmarks.get(category)
     if bench is None:
         return []
+    if bench.get("kind") == "compression":
+        return _compression_leaderboard(data, category, bench)
     proto, base = bench["protocol"], bench["baseline"]
     out = ["## Leaderboard under one protocol", "",
            f"Every method trains the same student (`{proto['student']}`) from the same initialisation against the "
@@ -270,6 +273,64 @@ def shared_leaderboard(data: SiteData, category: str) -> list[str]:
             "of a longer recipe (a hint-only stage with no label loss, say) can land near chance here: read such a "
             "row as a protocol mismatch, not as the paper's result. Each paper page has its own reproduction.", ""]
     return out
+
+
+def _compression_leaderboard(data: SiteData, category: str, bench: dict[str, Any]) -> list[str]:
+    """Pruning / quantization: one table per track, rows grouped by matched budget, Δ against that budget's baseline."""
+    proto, ref = bench["protocol"], bench.get("reference", {})
+    dense = bench["teacher"]
+    epochs = (f"then {proto['epochs']} fine-tuning epochs" if proto["epochs"] else "no retraining")
+    out = ["## Leaderboard under one protocol", "",
+           f"Every method starts from the same trained dense network (`{proto['teacher']}`, "
+           f"{dense['mean']:.2f} ± {dense['std']:.2f}% on `{proto['dataset']}`, {proto['n_train']} train / "
+           f"{proto['n_test']} test, {proto['teacher_epochs']} epochs) and meets the same budget on "
+           f"{proto['student']}, {epochs}; seeds {proto['seeds']}. {proto['notes']} Written by "
+           f"`kb bench {category}` ({bench['wall_time_s']:.0f} s, {bench['created']}).", "",
+           f"Dense reference: {_fmt(ref.get('params'))} parameters, {_fmt(ref.get('bytes'))} bytes, "
+           f"{_fmt(ref.get('flops'))} FLOPs per example. Δ compares each row with the baseline of the same budget "
+           "(in italics).", ""]
+    for track in dict.fromkeys(r["track"] for r in bench["rows"]):
+        rows = [r for r in bench["rows"] if r["track"] == track]
+        out += [f"### {str(track).capitalize()}", "",
+                "| Budget | Paper | Method | Accuracy % | Δ vs baseline | Nonzero params | Bytes | FLOPs |",
+                "|---|---|---|---|---|---|---|---|"]
+        for budget in dict.fromkeys(r["budget"] for r in rows):
+            group = [r for r in rows if r["budget"] == budget]
+            base = next((r for r in group if r["baseline"]), None)
+            for row in group:
+                paper = data.registry.get(row["paper"])
+                title = nav_label(paper) if paper else row["paper"]
+                acc = row["accuracy"]
+                method = f"*{_cell(row['method'])} (baseline)*" if row["baseline"] else _cell(row["method"])
+                delta = "–" if row["baseline"] or base is None else f"{acc['mean'] - base['accuracy']['mean']:+.2f}"
+                out.append(f"| {_cell(budget)} | [{_cell(title)}](../papers/{row['paper']}.md) | {method} | "
+                           f"{acc['mean']:.2f} ± {acc['std']:.2f} | {delta} | {_fmt(row.get('nonzero_params'))} | "
+                           f"{_fmt(row.get('bytes'))} | {_fmt(row.get('flops'))} |")
+        out.append("")
+    if bench["rows"]:
+        out += [f"![Accuracy against size under one protocol: {category}](../figures/bench_{category}.png)", "",
+                "Each colour is one method across the budgets; the black step line is the Pareto front (no other "
+                "row is both smaller and more accurate).", ""]
+    excluded = bench.get("excluded", {})
+    if excluded:
+        out += ["Not part of this protocol (each runs its own protocol on its page):", ""]
+        out += [f"- [`{pid}`](../papers/{pid}.md): {_cell(why)}" for pid, why in excluded.items()]
+        out.append("")
+    for paper_id, why in bench.get("failures", {}).items():
+        out.append(f"- `{paper_id}` failed under this protocol: {_cell(why)}")
+    out.append("")
+    return out
+
+
+def bench_points(bench: dict[str, Any]) -> list[Any]:
+    """Points (method, budget, bytes, accuracy) of a compression benchmark, plus the dense reference."""
+    from kb.plots import Point
+
+    points = [Point(r["method"], str(r["budget"]), float(r["bytes"]), r["accuracy"]["mean"])
+              for r in bench["rows"] if r.get("bytes")]
+    if bench.get("reference", {}).get("bytes"):
+        points.append(Point("dense fp32", "reference", float(bench["reference"]["bytes"]), bench["teacher"]["mean"]))
+    return points
 
 
 def leaderboard(data: SiteData, category: str) -> list[str]:
@@ -342,7 +403,8 @@ def home_page(data: SiteData) -> str:
             "## Run it yourself", "",
             "From a checkout: `make test` (install and run the tests), `make serve` (build and serve this site), "
             "then `.venv/bin/kb run <paper id>` reproduces one paper (about a minute on 2 CPU cores) and "
-            "`.venv/bin/kb bench distillation` re-runs the shared-protocol leaderboard. Each paper page names its "
+            "`.venv/bin/kb bench distillation` (or `pruning`, `quantization`) re-runs that family's shared-protocol "
+            "leaderboard. Each paper page names its "
             "command and the results file it writes.", ""]
     return "\n".join(out)
 

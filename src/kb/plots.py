@@ -37,10 +37,14 @@ def pareto_png(points: Sequence[Point], xlabel: str, title: str) -> bytes:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=110)
-    for paper in sorted({p.paper for p in points}):
+    fig, ax = plt.subplots(figsize=(9.5, 4.5), dpi=110)
+    colors, markers = plt.get_cmap("tab20").colors, "osD^vPX<>"
+    series = sorted({p.paper for p in points})
+    for i, paper in enumerate(series):
         mine = [p for p in points if p.paper == paper]
-        ax.scatter([p.size for p in mine], [p.accuracy for p in mine], label=paper, s=28, alpha=0.85)
+        # 20 colours x 9 markers: no two series look alike even on the biggest category
+        ax.scatter([p.size for p in mine], [p.accuracy for p in mine], label=paper, s=30, alpha=0.85,
+                   color=colors[i % len(colors)], marker=markers[(i // len(colors) + i) % len(markers)])
     front = pareto_front(points)
     if len(front) > 1:
         ax.step([p.size for p in front], [p.accuracy for p in front], where="post", color="black", lw=1,
@@ -50,8 +54,9 @@ def pareto_png(points: Sequence[Point], xlabel: str, title: str) -> bytes:
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right", ncol=2)
-    fig.tight_layout()
+    # the legend sits right of the axes so it never hides a point; fixed margins (tight_layout costs a draw)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), ncol=1 + len(series) // 18, frameon=False)
+    fig.subplots_adjust(left=0.07, right=0.64, bottom=0.11, top=0.93)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     plt.close(fig)

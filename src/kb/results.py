@@ -213,11 +213,11 @@ class BenchProtocol(_Model):
     dataset: str
     n_train: Annotated[int, Field(ge=1)]
     n_test: Annotated[int, Field(ge=1)]
-    teacher: str
-    student: str
+    teacher: str  # distillation: the teacher; pruning/quantization: the dense fp32 reference model
+    student: str  # distillation: the student; pruning/quantization: what the budget is applied to
     seeds: Annotated[list[int], Field(min_length=1)]
-    teacher_epochs: Annotated[int, Field(ge=1)]
-    epochs: Annotated[int, Field(ge=1)]
+    teacher_epochs: Annotated[int, Field(ge=1)]  # epochs of the teacher / dense reference model
+    epochs: Annotated[int, Field(ge=0)]  # student epochs / fine-tuning epochs after pruning (0: post-training)
     notes: str = ""
 
 
@@ -227,20 +227,39 @@ class BenchRow(_Model):
     paper: Annotated[str, Field(pattern=ID_PATTERN)]
     method: str
     accuracy: Accuracy
+    track: str | None = None  # compression benches: e.g. "unstructured weights", "channels removed"
+    budget: str | None = None  # the matched budget of this row, e.g. "90% sparsity", "4 bits"
+    baseline: bool = False  # the budget's reference criterion (random pruning, round-to-nearest)
+    params: Annotated[int, Field(ge=0)] | None = None
+    nonzero_params: Annotated[int, Field(ge=0)] | None = None
+    bytes: Annotated[int, Field(ge=0)] | None = None
+    flops: Annotated[int, Field(ge=0)] | None = None
+    bits: Annotated[float, Field(gt=0.0)] | None = None
 
 
 class Benchmark(_Model):
     """The contents of `results/benchmarks/<family>.json`."""
 
     family: str
+    kind: Literal["distillation", "compression"] = "distillation"
     profile: Literal["quick", "default"]
     protocol: BenchProtocol
-    teacher: Accuracy
-    baseline: Accuracy  # the student trained alone
+    teacher: Accuracy  # distillation: the teacher; compression: the dense reference model
+    baseline: Accuracy | None = None  # distillation: the student trained alone (compression: rows with baseline)
+    reference: dict[str, int] = Field(default_factory=dict)  # compression: the dense model's params, bytes, flops
     rows: list[BenchRow]
     failures: dict[str, str] = Field(default_factory=dict)  # paper id -> why its method could not run
+    excluded: dict[str, str] = Field(default_factory=dict)  # paper id -> why its mechanism does not fit the protocol
     wall_time_s: Annotated[float, Field(ge=0.0)]
     created: str
+
+    @model_validator(mode="after")
+    def _baseline_present(self) -> Benchmark:
+        if self.kind == "distillation" and self.baseline is None:
+            raise ValueError("a distillation benchmark needs the student-alone baseline")
+        if self.kind == "compression" and self.rows and not any(r.baseline for r in self.rows):
+            raise ValueError("a compression benchmark needs at least one baseline row per budget")
+        return self
 
 
 def write_benchmark(data: Benchmark | dict[str, Any], path: str | Path) -> Path:

@@ -65,6 +65,7 @@ def on_files(files: Any, config: Any) -> Any:
     from kb.bibtex import export_bibtex
     from kb.pages import (
         CATEGORY_TITLES,
+        bench_points,
         bibliography_page,
         category_page,
         home_page,
@@ -85,7 +86,11 @@ def on_files(files: Any, config: Any) -> Any:
         if any(p.category == category for p in data.registry.papers):
             generated[f"categories/{category}.md"] = category_page(data, category)
             bench = data.benchmarks.get(category)
-            if bench and bench["rows"]:
+            if bench and bench["rows"] and bench.get("kind") == "compression":
+                generated[f"figures/bench_{category}.png"] = pareto_png(
+                    bench_points(bench), "model size (bytes)",
+                    f"{CATEGORY_TITLES[category]}: one protocol ({bench['protocol']['dataset']})")
+            elif bench and bench["rows"]:
                 rows = bench["rows"]
                 generated[f"figures/bench_{category}.png"] = leaderboard_png(
                     [r["method"] for r in rows], [r["accuracy"]["mean"] for r in rows],

@@ -1,0 +1,152 @@
+"""Family leaderboards under one protocol (`kb bench`): matched budgets, sizes, schema, rendering."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from kb.registry import load_registry
+from kb.results import ResultError, load_benchmark, write_benchmark
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def registry():
+    return load_registry(ROOT)
+
+
+@pytest.fixture(scope="module")
+def pruning(registry) -> dict:
+    from implementations._bench import bench_pruning
+
+    return bench_pruning(registry, quick=True)
+
+
+@pytest.fixture(scope="module")
+def quantization(registry) -> dict:
+    from implementations._bench import bench_quantization
+
+    return bench_quantization(registry, quick=True)
+
+
+def _budgets(bench: dict) -> dict[tuple, list[dict]]:
+    groups: dict[tuple, list[dict]] = {}
+    for row in bench["rows"]:
+        groups.setdefault((row["track"], row["budget"]), []).append(row)
+    return groups
+
+
+def test_pruning_bench_matches_the_budget_of_every_method(pruning: dict, tmp_path: Path) -> None:
+    assert pruning["failures"] == {}  # every method ran; a crash would show here
+    write_benchmark(pruning, tmp_path / "pruning.json")  # valid against the schema
+    ref = pruning["reference"]
+    groups = _budgets(pruning)
+    assert {track for track, _ in groups} == {"unstructured weights", "channels removed"}
+    for (track, budget), rows in groups.items():
+        assert sum(r["baseline"] for r in rows) == 1, budget  # exactly one baseline per budget
+        assert len(rows) >= 4, budget
+        # matched budget: every method ends with the same number of nonzero parameters and the same FLOPs
+        assert len({r["nonzero_params"] for r in rows}) == 1, (budget, [r["nonzero_params"] for r in rows])
+        assert len({r["flops"] for r in rows}) == 1, budget
+        if track == "channels removed":  # physically smaller: fewer parameters and FLOPs than the dense net
+            assert all(r["params"] < ref["params"] and r["flops"] < ref["flops"] for r in rows)
+        else:  # masked: same shapes and FLOPs, 80% of the weights gone (biases and BN stay)
+            assert all(r["params"] == ref["params"] and r["flops"] == ref["flops"] for r in rows)
+            weights = 160 + 32 * 64 * 5 + 64 * 64 * 5 + 320 * 10  # conv and linear weights of cnn1d w=1
+            others = ref["params"] - weights
+            assert rows[0]["nonzero_params"] <= weights - math.floor(0.8 * weights) + others
+            assert rows[0]["bytes"] == 8 * rows[0]["nonzero_params"]  # fp32 value + int32 index per nonzero
+
+
+def test_channel_fraction_removes_exactly_that_share_of_each_stage(registry, pruning: dict) -> None:
+    # 50% of (32, 64, 64) channels leaves (16, 32, 32): conv weights, BN, and the head on 32 x 5 inputs
+    kept = 1 * 16 * 5 + 16 * 32 * 5 + 32 * 32 * 5 + 2 * (16 + 32 + 32) + 32 * 5 * 10 + 10
+    rows = [r for r in pruning["rows"] if r["budget"] == "50% of channels"]
+    assert {r["params"] for r in rows} == {kept}
+
+
+def test_quantization_bench_sizes_follow_the_bit_width(quantization: dict, tmp_path: Path) -> None:
+    assert quantization["failures"] == {}
+    write_benchmark(quantization, tmp_path / "quantization.json")
+    ref = quantization["reference"]
+    weights = 160 + 32 * 64 * 5 + 64 * 64 * 5 + 320 * 10
+    others = ref["params"] - weights
+    for (_, budget), rows in _budgets(quantization).items():
+        bits = int(budget.split()[0])
+        assert sum(r["baseline"] for r in rows) == 1
+        codes = math.ceil(bits * weights / 8) + 4 * others
+        for row in rows:
+            assert row["bits"] == bits
+            assert row["bytes"] >= codes  # codes plus codebooks/scales: never below the b-bit payload
+            assert row["bytes"] < ref["bytes"] / 4, row  # far below fp32
+        base = next(r for r in rows if r["baseline"])
+        assert base["bytes"] == codes + 4 * 4  # one fp32 scale per weight tensor (4 tensors)
+
+
+def test_quantize_weights_counts_codes_and_codebooks() -> None:
+    from implementations._bench_compression import _quantize_weights
+
+    model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))  # weights 12 + 6, biases 3 + 2
+    out, size = _quantize_weights(model, 2, lambda name, w: (torch.sign(w), 4))
+    assert torch.equal(out[0].weight, torch.sign(model[0].weight))
+    assert not torch.equal(out[0].weight, model[0].weight)  # the copy is coded, the original is untouched
+    assert size["bytes"] == math.ceil(2 * 18 / 8) + 4 * (4 + 4) + 4 * 5
+    assert size["params"] == 23 and size["bits"] == 2.0
+
+
+def test_excluded_papers_are_named_with_a_reason(registry, pruning: dict, quantization: dict) -> None:
+    ids = {p.id for p in registry.papers}
+    for bench in (pruning, quantization):
+        assert bench["excluded"], bench["family"]
+        assert set(bench["excluded"]) <= ids
+        assert not set(bench["excluded"]) & {r["paper"] for r in bench["rows"]}
+        assert all(len(why) > 20 for why in bench["excluded"].values())
+
+
+def test_committed_benchmarks_are_valid_and_cover_the_families() -> None:
+    files = {p.stem: load_benchmark(p) for p in (ROOT / "results" / "benchmarks").glob("*.json")}
+    assert {"distillation", "pruning", "quantization"} <= set(files)
+    for family, bench in files.items():
+        assert bench.family == family and bench.profile == "default"
+        assert bench.rows
+
+
+def test_benchmark_schema_rejects_a_compression_bench_without_baseline(pruning: dict, tmp_path: Path) -> None:
+    bad = {**pruning, "rows": [{**r, "baseline": False} for r in pruning["rows"]]}
+    with pytest.raises(ValueError, match="baseline"):
+        write_benchmark(bad, tmp_path / "bad.json")
+    assert not (tmp_path / "bad.json").exists()
+    (tmp_path / "broken.json").write_text("{", encoding="utf-8")
+    with pytest.raises(ResultError, match="broken.json"):
+        load_benchmark(tmp_path / "broken.json")
+
+
+def test_compression_leaderboard_renders_budgets_deltas_and_plot(pruning: dict) -> None:
+    from kb.pages import bench_points, category_page, load_site_data
+
+    data = load_site_data(ROOT)
+    page = category_page(replace(data, benchmarks={"pruning": pruning}), "pruning")
+    assert "## Leaderboard under one protocol" in page
+    assert "### Unstructured weights" in page and "### Channels removed" in page
+    assert "*random weights (baseline)*" in page
+    base = next(r for r in pruning["rows"] if r["baseline"] and r["budget"] == "80% sparsity")
+    row = next(r for r in pruning["rows"] if r["method"] == "magnitude, one-shot")
+    delta = f"{row['accuracy']['mean'] - base['accuracy']['mean']:+.2f}"
+    assert f"| magnitude, one-shot | {row['accuracy']['mean']:.2f} ± {row['accuracy']['std']:.2f} | {delta} |" in page
+    assert "../figures/bench_pruning.png" in page
+    assert "[`dsd_han2017`](../papers/dsd_han2017.md)" in page
+    points = bench_points(pruning)
+    assert len(points) == len(pruning["rows"]) + 1 and points[-1].paper == "dense fp32"
+
+
+def test_kb_bench_rejects_an_unknown_family(capsys: pytest.CaptureFixture[str]) -> None:
+    from kb.cli import main
+
+    assert main(["bench", "low-rank"]) == 2
+    assert "invalid choice" in capsys.readouterr().err
