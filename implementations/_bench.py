@@ -23,12 +23,20 @@ from typing import Any
 
 import torch
 
+from implementations._bench_cohort import bench_mutual_learning, bench_self_distillation
 from implementations._bench_compression import bench_pruning, bench_quantization
 
-__all__ = ["BENCHES", "BenchConfig", "bench_distillation", "bench_pruning", "bench_quantization"]
+__all__ = ["BENCHES", "BenchConfig", "bench_distillation", "bench_mutual_learning", "bench_pruning",
+           "bench_quantization", "bench_self_distillation"]
 
-#: family -> the function of this module that runs its leaderboard
-BENCHES = {"distillation": "bench_distillation", "pruning": "bench_pruning", "quantization": "bench_quantization"}
+#: family (registry category) -> the function of this module that runs its leaderboard
+BENCHES = {
+    "distillation": "bench_distillation",
+    "mutual-learning": "bench_mutual_learning",
+    "self-distillation": "bench_self_distillation",
+    "pruning": "bench_pruning",
+    "quantization": "bench_quantization",
+}
 
 
 @dataclass(frozen=True)

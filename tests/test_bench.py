@@ -150,3 +150,36 @@ def test_kb_bench_rejects_an_unknown_family(capsys: pytest.CaptureFixture[str]) 
 
     assert main(["bench", "low-rank"]) == 2
     assert "invalid choice" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("family", ["mutual-learning", "self-distillation"])
+def test_cohort_bench_scores_every_method_of_the_family(registry, family: str, tmp_path: Path) -> None:
+    from implementations import _bench
+
+    bench = getattr(_bench, _bench.BENCHES[family])(registry, quick=True)
+    write_benchmark(bench, tmp_path / f"{family}.json")
+    assert bench["kind"] == "cohort" and bench["failures"] == {}
+    in_family = {p.id for p in registry.papers if p.category == family}
+    ran = {r["paper"] for r in bench["rows"]}
+    assert ran | set(bench["excluded"]) == in_family  # every paper is either ranked or excluded with a reason
+    if family == "mutual-learning":  # the first peer alone is scored too
+        assert all(r["peer_accuracy"] is not None for r in bench["rows"])
+
+
+def test_cohort_leaderboard_renders_deltas_against_the_network_alone() -> None:
+    from kb.pages import category_page, load_site_data
+
+    data = load_site_data(ROOT)
+    acc = {"mean": 80.0, "std": 1.0, "values": [79.0, 81.0]}
+    bench = {
+        "family": "mutual-learning", "kind": "cohort", "profile": "default",
+        "protocol": {"dataset": "mnist1d", "n_train": 4000, "n_test": 1000, "teacher": "none",
+                     "student": "2 peers", "seeds": [0, 1], "teacher_epochs": 8, "epochs": 8, "notes": ""},
+        "baseline": {"mean": 78.5, "std": 0.5, "values": [78.0, 79.0]},
+        "rows": [{"paper": "dml_zhang2018", "method": "DML", "accuracy": acc,
+                  "peer_accuracy": {"mean": 77.5, "std": 0.5, "values": [77.0, 78.0]}}],
+        "wall_time_s": 1.0, "created": "2026-01-01T00:00:00",
+    }
+    page = category_page(replace(data, benchmarks={"mutual-learning": bench}), "mutual-learning")
+    assert "| `DML` | 80.00 ± 1.00 | +1.50 | 77.50 ± 0.50 | -1.00 |" in page
+    assert "network alone (baseline)" in page

@@ -151,3 +151,20 @@ def test_a_large_module_may_be_a_package() -> None:
     with pytest.raises(RegistryError, match="implementation.path must be"):
         _parse({**GOOD, "status": "implemented", "implementation": {
             **impl, "path": "implementations/distillation/other/__init__.py"}})
+
+
+def test_fast_reader_gives_the_round_trip_document() -> None:
+    """libyaml's plain read of the real registry equals ruamel's round-trip read, and refuses duplicate keys."""
+    from kb.registry import _load_fast, _plain, load_raw
+
+    path = ROOT / "registry.yaml"
+    assert _load_fast(path) == _plain(load_raw(path))
+
+
+def test_fast_reader_refuses_duplicate_keys(tmp_path: Path) -> None:
+    from kb.registry import _load_fast
+
+    (tmp_path / "registry.yaml").write_text("papers:\n- id: a_b2020\n  id: c_d2020\n", encoding="utf-8")
+    assert _load_fast(tmp_path / "registry.yaml") is None
+    (tmp_path / "registry.yaml").write_text("papers:\n- id: a_b2020\n  title: t\n", encoding="utf-8")
+    assert _load_fast(tmp_path / "registry.yaml") == {"papers": [{"id": "a_b2020", "title": "t"}]}

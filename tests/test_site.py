@@ -89,3 +89,23 @@ def test_shared_leaderboard_renders_a_benchmark() -> None:
     link = "[Distilling the Knowledge in a Neural Network](../papers/kd_hinton2015.md)"
     assert f"| 1 | {link} | `KD` | 80.00 ± 1.00 | +1.50 |" in page
     assert "`fsp_yim2017` could not run under this protocol" in page
+
+
+def test_figures_are_drawn_in_the_background_and_failures_fail_the_build() -> None:
+    from mkdocs.exceptions import PluginError
+
+    from kb import site
+
+    out = site._draw_in_background({"figures/ok.png": lambda: b"\x89PNG fake"})
+    site.on_env(None, None, None)  # waits for the drawing process
+    assert (out / "figures" / "ok.png").read_bytes() == b"\x89PNG fake"
+    site.on_post_build(None)
+    assert not out.exists()  # the temporary folder is gone once the site has its copies
+
+    def broken() -> bytes:
+        raise ValueError("no such column: accuracy")
+
+    site._draw_in_background({"figures/bad.png": broken})
+    with pytest.raises(PluginError, match="no such column: accuracy"):
+        site.on_env(None, None, None)
+    site.on_post_build(None)

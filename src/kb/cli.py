@@ -464,7 +464,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
 
     p = sub.add_parser("bench", help="a family leaderboard under one shared protocol")
-    p.add_argument("family", choices=["distillation", "pruning", "quantization"])
+    p.add_argument("family", choices=["distillation", "mutual-learning", "self-distillation", "pruning",
+                                      "quantization"])
     p.add_argument("--quick", action="store_true", help="smoke run (writes results/quick/benchmarks/)")
 
     p = sub.add_parser("site", help="build or serve the documentation site")

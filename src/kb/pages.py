@@ -247,6 +247,8 @@ def shared_leaderboard(data: SiteData, category: str) -> list[str]:
         return []
     if bench.get("kind") == "compression":
         return _compression_leaderboard(data, category, bench)
+    if bench.get("kind") == "cohort":
+        return _cohort_leaderboard(data, category, bench)
     proto, base = bench["protocol"], bench["baseline"]
     out = ["## Leaderboard under one protocol", "",
            f"Every method trains the same student (`{proto['student']}`) from the same initialisation against the "
@@ -318,6 +320,45 @@ def _compression_leaderboard(data: SiteData, category: str, bench: dict[str, Any
         out.append("")
     for paper_id, why in bench.get("failures", {}).items():
         out.append(f"- `{paper_id}` failed under this protocol: {_cell(why)}")
+    out.append("")
+    return out
+
+
+def _cohort_leaderboard(data: SiteData, category: str, bench: dict[str, Any]) -> list[str]:
+    """Mutual learning / self-distillation: the deployed network of each method against the network alone."""
+    proto, base = bench["protocol"], bench["baseline"]
+    peers = any(r.get("peer_accuracy") for r in bench["rows"])
+    out = ["## Leaderboard under one protocol", "",
+           f"No pretrained teacher: every method trains {proto['student']} from the same initialisation on "
+           f"`{proto['dataset']}` ({proto['n_train']} train / {proto['n_test']} test), {proto['epochs']} epochs, seeds "
+           f"{proto['seeds']}. {proto['notes']} Written by `kb bench {category}` ({bench['wall_time_s']:.0f} s, "
+           f"{bench['created']}).", "",
+           "| # | Paper | Method | Deployed accuracy % | Δ vs network alone |"
+           + (" First peer alone % | Δ |" if peers else ""),
+           "|---|---|---|---|---|" + ("---|---|" if peers else ""),
+           f"| – | network alone (baseline) | cross-entropy | {base['mean']:.2f} ± {base['std']:.2f} | – |"
+           + (" – | – |" if peers else "")]
+    for rank, row in enumerate(bench["rows"], 1):
+        paper = data.registry.get(row["paper"])
+        title = nav_label(paper) if paper else row["paper"]
+        acc, peer = row["accuracy"], row.get("peer_accuracy")
+        line = (f"| {rank} | [{_cell(title)}](../papers/{row['paper']}.md) | `{row['method']}` | "
+                f"{acc['mean']:.2f} ± {acc['std']:.2f} | {acc['mean'] - base['mean']:+.2f} |")
+        if peers:
+            line += (f" {peer['mean']:.2f} ± {peer['std']:.2f} | {peer['mean'] - base['mean']:+.2f} |" if peer
+                     else " – | – |")
+        out.append(line)
+    out.append("")
+    if bench["rows"]:
+        out += [f"![Leaderboard of {category}](../figures/bench_{category}.png)", ""]
+    if peers:
+        out += ["The deployed network is what the method ships: the first peer, or a fused/ensemble classifier where "
+                "the paper deploys that (it then costs more than the baseline); the first peer alone has exactly the "
+                "baseline's cost.", ""]
+    for pid, why in bench.get("excluded", {}).items():
+        out.append(f"- [`{pid}`](../papers/{pid}.md) is not part of this protocol: {_cell(why)}")
+    for paper_id, why in bench.get("failures", {}).items():
+        out.append(f"- `{paper_id}` could not run under this protocol: {_cell(why)}")
     out.append("")
     return out
 

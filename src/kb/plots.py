@@ -64,7 +64,7 @@ def pareto_png(points: Sequence[Point], xlabel: str, title: str) -> bytes:
 
 
 def leaderboard_png(labels: Sequence[str], means: Sequence[float], stds: Sequence[float], baseline: float,
-                    teacher: float, title: str) -> bytes:
+                    teacher: float | None, title: str, baseline_label: str = "student alone") -> bytes:
     """Horizontal bars of mean accuracy (± std) per method, with the student-alone and teacher lines."""
     import matplotlib
 
@@ -75,10 +75,11 @@ def leaderboard_png(labels: Sequence[str], means: Sequence[float], stds: Sequenc
     ypos = list(range(len(labels)))[::-1]
     colors = ["#2e7d32" if m > baseline else "#c62828" for m in means]
     ax.barh(ypos, means, xerr=stds, color=colors, alpha=0.8)
-    ax.axvline(baseline, color="black", ls="--", lw=1, label=f"student alone {baseline:.1f}%")
-    ax.axvline(teacher, color="#1565c0", ls=":", lw=1, label=f"teacher {teacher:.1f}%")
+    ax.axvline(baseline, color="black", ls="--", lw=1, label=f"{baseline_label} {baseline:.1f}%")
+    if teacher is not None:
+        ax.axvline(teacher, color="#1565c0", ls=":", lw=1, label=f"teacher {teacher:.1f}%")
     ax.set_yticks(ypos, labels, fontsize=8)
-    ax.set_xlabel("student test accuracy (%)")
+    ax.set_xlabel("test accuracy of the deployed network (%)")
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=7, loc="lower right")
     ax.grid(axis="x", alpha=0.3)

@@ -235,17 +235,18 @@ class BenchRow(_Model):
     bytes: Annotated[int, Field(ge=0)] | None = None
     flops: Annotated[int, Field(ge=0)] | None = None
     bits: Annotated[float, Field(gt=0.0)] | None = None
+    peer_accuracy: Accuracy | None = None  # mutual learning: the first peer alone, when the method deploys more
 
 
 class Benchmark(_Model):
     """The contents of `results/benchmarks/<family>.json`."""
 
     family: str
-    kind: Literal["distillation", "compression"] = "distillation"
+    kind: Literal["distillation", "compression", "cohort"] = "distillation"  # cohort: no pretrained teacher
     profile: Literal["quick", "default"]
     protocol: BenchProtocol
-    teacher: Accuracy  # distillation: the teacher; compression: the dense reference model
-    baseline: Accuracy | None = None  # distillation: the student trained alone (compression: rows with baseline)
+    teacher: Accuracy | None = None  # distillation: the teacher; compression: the dense reference model
+    baseline: Accuracy | None = None  # distillation, cohort: the network trained alone (compression: baseline rows)
     reference: dict[str, int] = Field(default_factory=dict)  # compression: the dense model's params, bytes, flops
     rows: list[BenchRow]
     failures: dict[str, str] = Field(default_factory=dict)  # paper id -> why its method could not run
@@ -255,8 +256,10 @@ class Benchmark(_Model):
 
     @model_validator(mode="after")
     def _baseline_present(self) -> Benchmark:
-        if self.kind == "distillation" and self.baseline is None:
-            raise ValueError("a distillation benchmark needs the student-alone baseline")
+        if self.kind in ("distillation", "cohort") and self.baseline is None:
+            raise ValueError(f"a {self.kind} benchmark needs the network-alone baseline")
+        if self.kind in ("distillation", "compression") and self.teacher is None:
+            raise ValueError(f"a {self.kind} benchmark needs the teacher / dense reference accuracy")
         if self.kind == "compression" and self.rows and not any(r.baseline for r in self.rows):
             raise ValueError("a compression benchmark needs at least one baseline row per budget")
         return self

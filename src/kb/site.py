@@ -12,11 +12,12 @@ import functools
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-__all__ = ["build_site", "on_config", "on_files", "serve_site"]
+__all__ = ["build_site", "on_config", "on_env", "on_files", "on_post_build", "serve_site"]
 
 _CACHE: dict[str, Any] = {}
 
@@ -76,6 +77,7 @@ def on_files(files: Any, config: Any) -> Any:
     from kb.plots import leaderboard_png, pareto_png
 
     data = _data(config)
+    figures: dict[str, Callable[[], bytes]] = {}  # drawn by matplotlib while MkDocs renders the pages
     generated: dict[str, str | bytes] = {
         "index.md": home_page(data),
         "open-questions.md": questions_page(data),
@@ -86,19 +88,21 @@ def on_files(files: Any, config: Any) -> Any:
         if any(p.category == category for p in data.registry.papers):
             generated[f"categories/{category}.md"] = category_page(data, category)
             bench = data.benchmarks.get(category)
+            title = f"{CATEGORY_TITLES[category]}: one protocol ({bench['protocol']['dataset']})" if bench else ""
             if bench and bench["rows"] and bench.get("kind") == "compression":
-                generated[f"figures/bench_{category}.png"] = pareto_png(
-                    bench_points(bench), "model size (bytes)",
-                    f"{CATEGORY_TITLES[category]}: one protocol ({bench['protocol']['dataset']})")
+                figures[f"figures/bench_{category}.png"] = functools.partial(
+                    pareto_png, bench_points(bench), "model size (bytes)", title)
             elif bench and bench["rows"]:
                 rows = bench["rows"]
-                generated[f"figures/bench_{category}.png"] = leaderboard_png(
-                    [r["method"] for r in rows], [r["accuracy"]["mean"] for r in rows],
-                    [r["accuracy"]["std"] for r in rows], bench["baseline"]["mean"], bench["teacher"]["mean"],
-                    f"{CATEGORY_TITLES[category]}: one protocol ({bench['protocol']['dataset']})")
+                figures[f"figures/bench_{category}.png"] = functools.partial(
+                    leaderboard_png, [r["method"] for r in rows], [r["accuracy"]["mean"] for r in rows],
+                    [r["accuracy"]["std"] for r in rows], bench["baseline"]["mean"],
+                    (bench.get("teacher") or {}).get("mean"), title,
+                    "network alone" if bench.get("kind") == "cohort" else "student alone")
             points, xlabel = pareto_points(data, category)
             if points:
-                generated[f"figures/pareto_{category}.png"] = pareto_png(points, xlabel, CATEGORY_TITLES[category])
+                figures[f"figures/pareto_{category}.png"] = functools.partial(
+                    pareto_png, points, xlabel, CATEGORY_TITLES[category])
     for paper in data.registry.papers:
         generated[f"papers/{paper.id}.md"] = paper_page(data, paper)
     for result in data.results.values():
@@ -106,12 +110,75 @@ def on_files(files: Any, config: Any) -> Any:
             path = data.root / fig
             if path.is_file():
                 generated[f"figures/{path.name}"] = path.read_bytes()
-    for src_uri, content in generated.items():
+    drawn = _draw_in_background(figures)
+    for src_uri in figures:
+        generated.pop(src_uri, None)
+    for src_uri in [*generated, *figures]:
         existing = files.get_file_from_path(src_uri)
         if existing is not None:
             files.remove(existing)
+    for src_uri, content in generated.items():
         files.append(File.generated(config, src_uri, content=content))
+    for src_uri in figures:
+        files.append(File.generated(config, src_uri, abs_src_path=str(drawn / src_uri)))
     return files
+
+
+def _draw(jobs: dict[str, Callable[[], bytes]], out: Path) -> None:
+    """Write every figure under `out`; on failure leave the traceback in `out/error.txt` and exit non-zero."""
+    import traceback
+
+    try:
+        for src_uri, draw in jobs.items():
+            path = out / src_uri
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(draw())
+    except BaseException:  # noqa: BLE001 - reported by on_env in the parent
+        (out / "error.txt").write_text(traceback.format_exc(), encoding="utf-8")
+        raise SystemExit(1) from None
+
+
+def _draw_in_background(jobs: dict[str, Callable[[], bytes]]) -> Path:
+    """Start drawing the figures in a forked process (the build's second core) and return their folder.
+
+    MkDocs copies static files only after it has converted every page's Markdown, so the figures are needed at
+    `on_env`, which waits for the process. Without `fork` (Windows, macOS default) they are drawn here.
+    """
+    import multiprocessing
+    import tempfile
+
+    out = Path(tempfile.mkdtemp(prefix="kb-figures-"))
+    _CACHE["figures"] = (None, out)
+    if "fork" not in multiprocessing.get_all_start_methods():
+        _draw(jobs, out)
+        return out
+    process = multiprocessing.get_context("fork").Process(target=_draw, args=(jobs, out), daemon=True)
+    process.start()
+    _CACHE["figures"] = (process, out)
+    return out
+
+
+def on_env(env: Any, config: Any, files: Any) -> Any:  # noqa: ARG001 - MkDocs hook signature
+    """Wait for the figures before MkDocs copies them; a failed drawing fails the build with its traceback."""
+    from mkdocs.exceptions import PluginError
+
+    process, out = _CACHE.get("figures", (None, None))
+    if process is not None:
+        process.join()
+        if process.exitcode != 0:
+            error = out / "error.txt"
+            detail = error.read_text(encoding="utf-8") if error.is_file() else f"exit code {process.exitcode}"
+            raise PluginError(f"kb: drawing the result figures failed:\n{detail}")
+    return env
+
+
+def on_post_build(config: Any) -> None:  # noqa: ARG001 - MkDocs hook signature
+    """Remove the figures' temporary folder (they are in the site now)."""
+    import shutil
+
+    _, out = _CACHE.pop("figures", (None, None))
+    if out is not None:
+        shutil.rmtree(out, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------
