@@ -24,10 +24,19 @@ from typing import Any
 import torch
 
 from implementations._bench_cohort import bench_mutual_learning, bench_self_distillation
-from implementations._bench_compression import bench_pruning, bench_quantization
+from implementations._bench_compression import bench_architecture, bench_low_rank, bench_pruning, bench_quantization
 
-__all__ = ["BENCHES", "BenchConfig", "bench_distillation", "bench_mutual_learning", "bench_pruning",
-           "bench_quantization", "bench_self_distillation"]
+__all__ = [
+    "BENCHES",
+    "BenchConfig",
+    "bench_architecture",
+    "bench_distillation",
+    "bench_low_rank",
+    "bench_mutual_learning",
+    "bench_pruning",
+    "bench_quantization",
+    "bench_self_distillation",
+]
 
 #: family (registry category) -> the function of this module that runs its leaderboard
 BENCHES = {
@@ -36,6 +45,8 @@ BENCHES = {
     "self-distillation": "bench_self_distillation",
     "pruning": "bench_pruning",
     "quantization": "bench_quantization",
+    "low-rank": "bench_low_rank",
+    "architecture": "bench_architecture",
 }
 
 

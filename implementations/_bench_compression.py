@@ -7,6 +7,9 @@ to the same budget, so only the paper's criterion or schedule differs:
   the same number of fine-tuning epochs, masks fixed by `torch.nn.utils.prune`. The baseline removes random weights.
 * **Channels removed** (pruning): the same fraction $f$ of every conv stage's output channels is *physically*
   removed (smaller tensors, fewer FLOPs), then the same fine-tuning. The baseline removes random channels.
+* **Conv FLOPs budget** (low-rank): every spatial conv with at least two input channels of a 2-D CNN on 8x8 digits
+  is factorised to at most a fraction $f$ of its multiply-adds, then fine-tuned the same epochs. The baseline is
+  the channel-wise truncated SVD (filter group approximation with one group).
 * **Weight-only post-training quantization** (quantization): every conv and linear weight tensor coded with $b$
   bits (one codebook or scale per tensor), no retraining. The baseline rounds to the nearest step of a uniform
   absmax grid.
@@ -29,7 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["CompressionConfig", "bench_pruning", "bench_quantization"]
+__all__ = ["CompressionConfig", "bench_architecture", "bench_low_rank", "bench_pruning", "bench_quantization"]
 
 
 @dataclass(frozen=True)
@@ -445,6 +448,172 @@ def bench_quantization(registry: Any, quick: bool = False, progress: bool = Fals
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# Low-rank: factorised convolutions at a matched FLOPs budget
+# ---------------------------------------------------------------------------------------------------------------------
+
+LOW_RANK = CompressionConfig(dataset="digits", model=("cnn2d", 1.0), dense_epochs=8, finetune_epochs=2,
+                             channel_fractions=(0.25, 0.1, 0.04))  # here: the FLOPs fraction f kept by every conv
+LOW_RANK_QUICK = CompressionConfig(dataset="digits", model=("cnn2d", 0.5), seeds=(0,), dense_epochs=1,
+                                   finetune_epochs=1, channel_fractions=(0.25,), calibration=200)
+NOT_IN_PROTOCOL_LOW_RANK = {
+    "kernelcluster_son2018": "shares clustered kernels to cut storage; the convolutions' FLOPs do not drop",
+}
+
+
+def _tucker_ranks(conv: nn.Conv2d, fraction: float) -> tuple[int, int]:
+    r"""The largest equal-ratio Tucker-2 ranks whose cost $C R_1 + R_1 R_2 k^2 + R_2 N$ fits $f\,N C k^2$."""
+    n, c, kh, kw = conv.weight.shape
+    best = (1, 1)
+    for step in range(1, 65):
+        r_in, r_out = max(1, round(step / 64 * c)), max(1, round(step / 64 * n))
+        if c * r_in + r_in * r_out * kh * kw + r_out * n <= fraction * n * c * kh * kw:
+            best = (r_in, r_out)
+    return best
+
+
+def _low_rank_methods(s: _Setup, fraction: float) -> list[tuple[str, str, bool, Callable[[], nn.Module]]]:
+    from implementations._harness import Supervised
+    from implementations.low_rank._base import conv_layers, replace_module, tucker2_conv
+    from implementations.low_rank.fga_peng2018 import fga_decompose
+
+    def tuned(build: Callable[[nn.Module], nn.Module]) -> Callable[[], nn.Module]:
+        def run() -> nn.Module:
+            with torch.no_grad():
+                model = build(copy.deepcopy(s.dense))
+            s.finetune(Supervised(model))
+            return model
+
+        return run
+
+    def tucker(model: nn.Module) -> nn.Module:
+        for name, conv in conv_layers(model):
+            replace_module(model, name, tucker2_conv(conv, _tucker_ranks(conv, fraction)))
+        return model
+
+    return [
+        ("fga_peng2018", "channel-wise SVD (g = 1)", True, tuned(lambda m: fga_decompose(m, 1, fraction))),
+        ("fga_peng2018", "filter group approximation (g = 4)", False, tuned(lambda m: fga_decompose(m, 4, fraction))),
+        ("lowrank_kth2018", "Tucker-2 (HOSVD)", False, tuned(tucker)),
+    ]
+
+
+def bench_low_rank(registry: Any, quick: bool = False, progress: bool = False) -> dict[str, Any]:
+    """Every conv factorisation at the same FLOPs budget on the same trained 2-D CNN."""
+    from implementations._data import load_dataset
+    from implementations._harness import evaluate
+
+    cfg = LOW_RANK_QUICK if quick else LOW_RANK
+    data = load_dataset(cfg.dataset)
+    started, threads = time.perf_counter(), torch.get_num_threads()
+    rows: dict[tuple, dict[str, Any]] = {}
+    dense_acc: list[float] = []
+    failures: dict[str, str] = {}
+    reference: dict[str, int] = {}
+    torch.set_num_threads(1)
+    try:
+        for seed in cfg.seeds:
+            dense = _dense_model(cfg, data, seed, progress)
+            dense_acc.append(evaluate(dense, data))
+            reference = _size(dense, data.input_shape)
+            setup = _Setup(cfg, data, seed, dense, progress)
+            for fraction in cfg.channel_fractions:
+                for paper, label, is_base, run in _low_rank_methods(setup, fraction):
+                    model = _run(run, failures, paper)
+                    if model is not None:
+                        _collect(rows, ("factorised convolutions", f"≤ {fraction:.0%} of conv FLOPs", paper, label,
+                                        is_base), evaluate(model, data), _size(model, data.input_shape))
+    finally:
+        torch.set_num_threads(threads)
+    return _result("low-rank", cfg, quick, data, dense_acc, reference, rows, failures, started,
+                   budget_applied="every spatial conv with two or more input channels (each to the same FLOPs "
+                   "fraction)",
+                   notes=f"Dense training: SGD momentum 0.9, cosine lr {cfg.lr}, batch {cfg.batch_size}, weight decay "
+                   f"5e-4. Each conv is replaced by its factorisation fitted to the trained weights (no data), then "
+                   f"the whole network is fine-tuned {cfg.finetune_epochs} epochs at lr {cfg.finetune_lr}. Ranks are "
+                   "the largest that fit the budget, so FLOPs differ slightly between methods (see the column).",
+                   not_in_protocol=NOT_IN_PROTOCOL_LOW_RANK, registry=registry)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Efficient architectures: every block design trained the same way on the same images
+# ---------------------------------------------------------------------------------------------------------------------
+
+ARCHITECTURE = CompressionConfig(dataset="digits", dense_epochs=15, finetune_epochs=0)
+ARCHITECTURE_QUICK = CompressionConfig(dataset="digits", seeds=(0,), dense_epochs=1, finetune_epochs=0)
+
+
+def _architectures() -> list[tuple[str, str, bool, Callable[[], nn.Module]]]:
+    """(paper, label, is baseline, build) of each architecture at its default configuration and its plain twin."""
+    from implementations.architecture import (
+        mobilenet_howard2017 as mobilenet,
+    )
+    from implementations.architecture import (
+        mobilenetv2_sandler2018 as mobilenetv2,
+    )
+    from implementations.architecture import (
+        squeezenet_iandola2016 as squeezenet,
+    )
+    from implementations.architecture import (
+        xception_chollet2017 as xception,
+    )
+
+    return [
+        ("mobilenet_howard2017", "Conv MobileNet (standard 3x3 convs)", True,
+         lambda: mobilenet.MobileNet(mobilenet.Config(full_conv=True))),
+        ("mobilenet_howard2017", "MobileNet (depthwise separable)", False, lambda: mobilenet.MobileNet()),
+        ("mobilenet_howard2017", "MobileNet, width 0.5", False,
+         lambda: mobilenet.MobileNet(mobilenet.Config(width_multiplier=0.5))),
+        ("mobilenetv2_sandler2018", "MobileNetV2 (inverted residuals)", False, lambda: mobilenetv2.MobileNetV2()),
+        ("squeezenet_iandola2016", "SqueezeNet (fire modules)", False, lambda: squeezenet.SqueezeNet()),
+        ("squeezenet_iandola2016", "SqueezeNet layout, plain 3x3 convs", False,
+         lambda: squeezenet.SqueezeNet(squeezenet.Config(plain=True))),
+        ("xception_chollet2017", "Xception (separable, residual)", False, lambda: xception.Xception()),
+        ("xception_chollet2017", "Xception layout, regular convs", False,
+         lambda: xception.Xception(xception.Config(separable=False))),
+    ]
+
+
+def bench_architecture(registry: Any, quick: bool = False, progress: bool = False) -> dict[str, Any]:
+    """Every architecture of the registry trained from scratch with one recipe; accuracy against size and FLOPs."""
+    from implementations._data import load_dataset
+    from implementations._harness import Supervised, evaluate, fit, seed_everything
+
+    cfg = ARCHITECTURE_QUICK if quick else ARCHITECTURE
+    data = load_dataset(cfg.dataset)
+    started, threads = time.perf_counter(), torch.get_num_threads()
+    rows: dict[tuple, dict[str, Any]] = {}
+    failures: dict[str, str] = {}
+    torch.set_num_threads(1)
+    try:
+        for seed in cfg.seeds:
+            for paper, label, is_base, build in _architectures():
+                def run(build: Callable[[], nn.Module] = build, seed: int = seed) -> nn.Module:
+                    seed_everything(seed)
+                    model = build()
+                    fit(Supervised(model), model.parameters(), data, epochs=cfg.dense_epochs, lr=cfg.lr,
+                        batch_size=cfg.batch_size, seed=seed, progress=progress)
+                    return model
+
+                model = _run(run, failures, paper)
+                if model is not None:
+                    _collect(rows, ("trained from scratch", "default configuration", paper, label, is_base),
+                             evaluate(model, data), _size(model, data.input_shape))
+    finally:
+        torch.set_num_threads(threads)
+    result = _result("architecture", cfg, quick, data, [], {}, rows, failures, started,
+                     budget_applied="the architecture itself (each paper's default configuration for 8x8 digits)",
+                     notes=f"Every network trained from scratch: SGD momentum 0.9, cosine lr {cfg.lr}, batch "
+                     f"{cfg.batch_size}, weight decay 5e-4, {cfg.dense_epochs} epochs, no augmentation; last epoch "
+                     "reported. The plain twins keep each layout but use regular convolutions, the comparison each "
+                     "paper makes. Bytes are fp32 parameters; FLOPs per example.",
+                     not_in_protocol={}, registry=registry, epochs=0)
+    result["kind"] = "architecture"
+    result["protocol"]["teacher"] = "none (each network is trained from scratch)"
+    result.pop("teacher")
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # The benchmark file
 # ---------------------------------------------------------------------------------------------------------------------
 
@@ -480,7 +649,7 @@ def _result(family: str, cfg: CompressionConfig, quick: bool, data: Any, dense_a
             "epochs": cfg.finetune_epochs if epochs is None else epochs,
             "notes": notes,
         },
-        "teacher": accuracy_stats(dense_acc),
+        "teacher": accuracy_stats(dense_acc) if dense_acc else None,
         "reference": reference,
         "rows": out_rows,
         "failures": failures,

@@ -111,7 +111,9 @@ def test_excluded_papers_are_named_with_a_reason(registry, pruning: dict, quanti
 
 def test_committed_benchmarks_are_valid_and_cover_the_families() -> None:
     files = {p.stem: load_benchmark(p) for p in (ROOT / "results" / "benchmarks").glob("*.json")}
-    assert {"distillation", "pruning", "quantization"} <= set(files)
+    families = {"distillation", "mutual-learning", "self-distillation", "pruning", "quantization", "low-rank",
+                "architecture"}
+    assert families <= set(files)
     for family, bench in files.items():
         assert bench.family == family and bench.profile == "default"
         assert bench.rows
@@ -148,7 +150,7 @@ def test_compression_leaderboard_renders_budgets_deltas_and_plot(pruning: dict) 
 def test_kb_bench_rejects_an_unknown_family(capsys: pytest.CaptureFixture[str]) -> None:
     from kb.cli import main
 
-    assert main(["bench", "low-rank"]) == 2
+    assert main(["bench", "automl"]) == 2
     assert "invalid choice" in capsys.readouterr().err
 
 
@@ -183,3 +185,50 @@ def test_cohort_leaderboard_renders_deltas_against_the_network_alone() -> None:
     page = category_page(replace(data, benchmarks={"mutual-learning": bench}), "mutual-learning")
     assert "| `DML` | 80.00 ± 1.00 | +1.50 | 77.50 ± 0.50 | -1.00 |" in page
     assert "network alone (baseline)" in page
+
+
+def test_tucker_ranks_are_the_largest_that_fit_the_budget() -> None:
+    from implementations._bench_compression import _tucker_ranks
+
+    conv = nn.Conv2d(32, 64, 3)
+    r_in, r_out = _tucker_ranks(conv, 0.25)
+    cost = lambda a, b: 32 * a + a * b * 9 + b * 64  # noqa: E731 - C R1 + R1 R2 k^2 + R2 N
+    assert cost(r_in, r_out) <= 0.25 * 64 * 32 * 9 == 4608
+    # the next step of the 1/64 grid no longer fits
+    step = round(r_in / 32 * 64) + 1
+    assert cost(round(step / 64 * 32), round(step / 64 * 64)) > 4608
+
+
+def test_low_rank_bench_keeps_every_method_inside_the_flops_budget(registry, tmp_path: Path) -> None:
+    from implementations._bench import bench_low_rank
+
+    bench = bench_low_rank(registry, quick=True)
+    write_benchmark(bench, tmp_path / "low-rank.json")
+    assert bench["failures"] == {} and set(bench["excluded"]) == {"kernelcluster_son2018"}
+    ref = bench["reference"]
+    rows = bench["rows"]
+    assert {r["paper"] for r in rows} == {"fga_peng2018", "lowrank_kth2018"}
+    assert sum(r["baseline"] for r in rows) == 1
+    flops = [r["flops"] for r in rows]
+    assert max(flops) < 0.5 * ref["flops"]  # the first conv (1 input channel) and the head stay dense
+    assert max(flops) <= 1.1 * min(flops)  # matched budget, up to rank rounding
+
+
+def test_architecture_bench_trains_every_architecture_and_renders(registry, tmp_path: Path) -> None:
+    from implementations._bench import bench_architecture
+    from kb.pages import bench_points, category_page, load_site_data
+
+    bench = bench_architecture(registry, quick=True)
+    write_benchmark(bench, tmp_path / "architecture.json")
+    assert bench["kind"] == "architecture" and bench["failures"] == {} and "teacher" not in bench
+    papers = {p.id for p in registry.papers if p.category == "architecture"}
+    assert {r["paper"] for r in bench["rows"]} == papers
+    by = {r["method"]: r for r in bench["rows"]}
+    # the separable designs are several times smaller than their plain twins (1/N + 1/D_K^2 per layer)
+    assert by["MobileNet (depthwise separable)"]["params"] * 5 < by["Conv MobileNet (standard 3x3 convs)"]["params"]
+    assert by["Xception (separable, residual)"]["flops"] * 4 < by["Xception layout, regular convs"]["flops"]
+    data = load_site_data(ROOT)
+    page = category_page(replace(data, benchmarks={"architecture": bench}), "architecture")
+    assert "trained from scratch with the same recipe" in page
+    assert "*Conv MobileNet (standard 3x3 convs) (baseline)*" in page
+    assert len(bench_points(bench)) == len(bench["rows"])  # no dense reference point

@@ -245,7 +245,7 @@ def shared_leaderboard(data: SiteData, category: str) -> list[str]:
     bench = data.benchmarks.get(category)
     if bench is None:
         return []
-    if bench.get("kind") == "compression":
+    if bench.get("kind") in ("compression", "architecture"):
         return _compression_leaderboard(data, category, bench)
     if bench.get("kind") == "cohort":
         return _cohort_leaderboard(data, category, bench)
@@ -280,17 +280,23 @@ def shared_leaderboard(data: SiteData, category: str) -> list[str]:
 def _compression_leaderboard(data: SiteData, category: str, bench: dict[str, Any]) -> list[str]:
     """Pruning / quantization: one table per track, rows grouped by matched budget, Δ against that budget's baseline."""
     proto, ref = bench["protocol"], bench.get("reference", {})
-    dense = bench["teacher"]
+    dense = bench.get("teacher")
     epochs = (f"then {proto['epochs']} fine-tuning epochs" if proto["epochs"] else "no retraining")
-    out = ["## Leaderboard under one protocol", "",
-           f"Every method starts from the same trained dense network (`{proto['teacher']}`, "
-           f"{dense['mean']:.2f} ± {dense['std']:.2f}% on `{proto['dataset']}`, {proto['n_train']} train / "
-           f"{proto['n_test']} test, {proto['teacher_epochs']} epochs) and meets the same budget on "
-           f"{proto['student']}, {epochs}; seeds {proto['seeds']}. {proto['notes']} Written by "
-           f"`kb bench {category}` ({bench['wall_time_s']:.0f} s, {bench['created']}).", "",
-           f"Dense reference: {_fmt(ref.get('params'))} parameters, {_fmt(ref.get('bytes'))} bytes, "
-           f"{_fmt(ref.get('flops'))} FLOPs per example. Δ compares each row with the baseline of the same budget "
-           "(in italics).", ""]
+    written = f"Written by `kb bench {category}` ({bench['wall_time_s']:.0f} s, {bench['created']})."
+    if dense is None:  # architectures: no reference network, every row trained from scratch with one recipe
+        intro = [f"Every network is trained from scratch with the same recipe on `{proto['dataset']}` "
+                 f"({proto['n_train']} train / {proto['n_test']} test), {proto['teacher_epochs']} epochs, seeds "
+                 f"{proto['seeds']}. {proto['notes']} {written}", "",
+                 "Δ compares each row with the baseline (in italics).", ""]
+    else:
+        intro = [f"Every method starts from the same trained dense network (`{proto['teacher']}`, "
+                 f"{dense['mean']:.2f} ± {dense['std']:.2f}% on `{proto['dataset']}`, {proto['n_train']} train / "
+                 f"{proto['n_test']} test, {proto['teacher_epochs']} epochs) and meets the same budget on "
+                 f"{proto['student']}, {epochs}; seeds {proto['seeds']}. {proto['notes']} {written}", "",
+                 f"Dense reference: {_fmt(ref.get('params'))} parameters, {_fmt(ref.get('bytes'))} bytes, "
+                 f"{_fmt(ref.get('flops'))} FLOPs per example. Δ compares each row with the baseline of the same "
+                 "budget (in italics).", ""]
+    out = ["## Leaderboard under one protocol", "", *intro]
     for track in dict.fromkeys(r["track"] for r in bench["rows"]):
         rows = [r for r in bench["rows"] if r["track"] == track]
         out += [f"### {str(track).capitalize()}", "",
@@ -369,7 +375,7 @@ def bench_points(bench: dict[str, Any]) -> list[Any]:
 
     points = [Point(r["method"], str(r["budget"]), float(r["bytes"]), r["accuracy"]["mean"])
               for r in bench["rows"] if r.get("bytes")]
-    if bench.get("reference", {}).get("bytes"):
+    if bench.get("reference", {}).get("bytes") and bench.get("teacher"):
         points.append(Point("dense fp32", "reference", float(bench["reference"]["bytes"]), bench["teacher"]["mean"]))
     return points
 
@@ -444,8 +450,8 @@ def home_page(data: SiteData) -> str:
             "## Run it yourself", "",
             "From a checkout: `make test` (install and run the tests), `make serve` (build and serve this site), "
             "then `.venv/bin/kb run <paper id>` reproduces one paper (about a minute on 2 CPU cores) and "
-            "`.venv/bin/kb bench distillation` (or `pruning`, `quantization`) re-runs that family's shared-protocol "
-            "leaderboard. Each paper page names its "
+            "`.venv/bin/kb bench <family>` (distillation, mutual-learning, self-distillation, pruning, quantization, "
+            "low-rank, architecture) re-runs that family's shared-protocol leaderboard. Each paper page names its "
             "command and the results file it writes.", ""]
     return "\n".join(out)
 

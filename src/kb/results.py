@@ -242,7 +242,8 @@ class Benchmark(_Model):
     """The contents of `results/benchmarks/<family>.json`."""
 
     family: str
-    kind: Literal["distillation", "compression", "cohort"] = "distillation"  # cohort: no pretrained teacher
+    # cohort: no pretrained teacher; architecture: networks trained from scratch, compared by size and FLOPs
+    kind: Literal["distillation", "compression", "cohort", "architecture"] = "distillation"
     profile: Literal["quick", "default"]
     protocol: BenchProtocol
     teacher: Accuracy | None = None  # distillation: the teacher; compression: the dense reference model
@@ -260,7 +261,7 @@ class Benchmark(_Model):
             raise ValueError(f"a {self.kind} benchmark needs the network-alone baseline")
         if self.kind in ("distillation", "compression") and self.teacher is None:
             raise ValueError(f"a {self.kind} benchmark needs the teacher / dense reference accuracy")
-        if self.kind == "compression" and self.rows and not any(r.baseline for r in self.rows):
+        if self.kind in ("compression", "architecture") and self.rows and not any(r.baseline for r in self.rows):
             raise ValueError("a compression benchmark needs at least one baseline row per budget")
         return self
 

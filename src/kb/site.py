@@ -89,7 +89,7 @@ def on_files(files: Any, config: Any) -> Any:
             generated[f"categories/{category}.md"] = category_page(data, category)
             bench = data.benchmarks.get(category)
             title = f"{CATEGORY_TITLES[category]}: one protocol ({bench['protocol']['dataset']})" if bench else ""
-            if bench and bench["rows"] and bench.get("kind") == "compression":
+            if bench and bench["rows"] and bench.get("kind") in ("compression", "architecture"):
                 figures[f"figures/bench_{category}.png"] = functools.partial(
                     pareto_png, bench_points(bench), "model size (bytes)", title)
             elif bench and bench["rows"]:
