@@ -24,12 +24,19 @@ from typing import Any
 import torch
 
 from implementations._bench_cohort import bench_mutual_learning, bench_self_distillation
-from implementations._bench_compression import bench_architecture, bench_low_rank, bench_pruning, bench_quantization
+from implementations._bench_compression import (
+    bench_architecture,
+    bench_automl,
+    bench_low_rank,
+    bench_pruning,
+    bench_quantization,
+)
 
 __all__ = [
     "BENCHES",
     "BenchConfig",
     "bench_architecture",
+    "bench_automl",
     "bench_distillation",
     "bench_low_rank",
     "bench_mutual_learning",
@@ -47,6 +54,7 @@ BENCHES = {
     "quantization": "bench_quantization",
     "low-rank": "bench_low_rank",
     "architecture": "bench_architecture",
+    "automl": "bench_automl",
 }
 
 

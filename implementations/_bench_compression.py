@@ -32,7 +32,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["CompressionConfig", "bench_architecture", "bench_low_rank", "bench_pruning", "bench_quantization"]
+__all__ = ["CompressionConfig", "bench_architecture", "bench_automl", "bench_low_rank", "bench_pruning",
+           "bench_quantization"]
 
 
 @dataclass(frozen=True)
@@ -611,6 +612,101 @@ def bench_architecture(registry: Any, quick: bool = False, progress: bool = Fals
     result["protocol"]["teacher"] = "none (each network is trained from scratch)"
     result.pop("teacher")
     return result
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# AutoML: per-layer channel budgets searched under one FLOPs target
+# ---------------------------------------------------------------------------------------------------------------------
+
+AUTOML = CompressionConfig(dense_epochs=10, finetune_epochs=2, channel_fractions=(0.3,))  # here: FLOPs kept
+AUTOML_QUICK = CompressionConfig(seeds=(0,), dense_epochs=1, finetune_epochs=1, channel_fractions=(0.3,))
+NOT_IN_PROTOCOL_AUTOML = {
+    "autoslim_yu2019": "searches the widths of a one-shot slimmable network trained for that purpose and retrains "
+                       "the result from scratch; it does not prune a given trained network",
+}
+
+
+def bench_automl(registry: Any, quick: bool = False, progress: bool = False) -> dict[str, Any]:
+    """AMC (DDPG) and constraint-aware Bayesian optimisation against the uniform policy at one FLOPs target."""
+    from dataclasses import replace as dc_replace
+
+    import numpy as np
+
+    from implementations._data import load_dataset
+    from implementations._harness import Supervised, evaluate, fit, seed_everything
+    from implementations._models import CNN1d
+    from implementations.automl import amc_he2018, constraintaware_chen2018
+    from implementations.automl._base import finetune
+
+    cfg = AUTOML_QUICK if quick else AUTOML
+    data = load_dataset(cfg.dataset)
+    started, threads = time.perf_counter(), torch.get_num_threads()
+    rows: dict[tuple, dict[str, Any]] = {}
+    dense_acc: list[float] = []
+    failures: dict[str, str] = {}
+    reference: dict[str, int] = {}
+    torch.set_num_threads(1)
+    try:
+        for seed in cfg.seeds:
+            order = torch.randperm(data.n_train, generator=torch.Generator().manual_seed(seed))
+            n_val = data.n_train // 4
+            val, train = order[:n_val], order[n_val:]
+            part = dc_replace(data, x_train=data.x_train[train], y_train=data.y_train[train])
+            seed_everything(seed)
+            base = CNN1d(1, data.input_shape[-1], data.num_classes, channels=amc_he2018.CHANNELS)
+            fit(Supervised(base), base.parameters(), part, epochs=cfg.dense_epochs, lr=0.1, seed=seed,
+                progress=progress)
+            dense_acc.append(evaluate(base, data))
+            reference = _size(base, data.input_shape)
+            args = (base, data.x_train[val], data.y_train[val], part.x_train[:512])
+            for target in cfg.channel_fractions:
+                amc_cfg = amc_he2018.Config(flops_ratio=target, lbound=0.1)
+                ca_cfg = constraintaware_chen2018.Config(flops_ratio=target, lbound=0.1)
+                if quick:
+                    amc_cfg = dc_replace(amc_cfg, episodes=12, warmup=6, batch_size=16)
+                    ca_cfg = dc_replace(ca_cfg, iterations=8, n_init=4, cooling_steps=4)
+
+                def uniform(c: Any = amc_cfg, args: tuple = args) -> list[int]:
+                    return amc_he2018._uniform(amc_he2018.AMC(*args, c))
+
+                def amc(c: Any = amc_cfg, seed: int = seed, args: tuple = args) -> list[int]:
+                    return amc_he2018.AMC(*args, c).search_ddpg(torch.Generator().manual_seed(seed))["keep"]
+
+                def bayes(c: Any = ca_cfg, seed: int = seed, args: tuple = args) -> list[int]:
+                    found = constraintaware_chen2018.ConstraintAwareCompression(*args, c).search(
+                        np.random.default_rng(seed))
+                    if found is None:
+                        raise RuntimeError("no feasible configuration found")
+                    return found["keep"]
+
+                methods = [("amc_he2018", "uniform preserve ratio", True, uniform),
+                           ("amc_he2018", "AMC (DDPG agent)", False, amc),
+                           ("constraintaware_chen2018", "constrained BO with cooling", False, bayes)]
+                for paper, label, is_base, search in methods:
+                    def run(search: Callable[[], list[int]] = search, args: tuple = args, c: Any = amc_cfg,
+                            part: Any = part, seed: int = seed) -> nn.Module:
+                        keep = search()
+                        pruned = amc_he2018.AMC(*args, c).pruner(keep)
+                        seed_everything(seed)
+                        finetune(pruned, part, cfg.finetune_epochs, lr=0.02, seed=seed)
+                        return pruned
+
+                    model = _run(run, failures, paper)
+                    if model is not None:
+                        _collect(rows, ("searched channel counts", f"≤ {target:.0%} of FLOPs", paper, label,
+                                        is_base), evaluate(model, data), _size(model, data.input_shape))
+    finally:
+        torch.set_num_threads(threads)
+    return _result("automl", cfg, quick, data, dense_acc, reference, rows, failures, started,
+                   budget_applied="the channel count of every conv stage, chosen by each search",
+                   notes=f"Per seed: CNN1d {list(amc_he2018.CHANNELS)} trained {cfg.dense_epochs} epochs (SGD lr 0.1 "
+                   "cosine) on 3/4 of the training set; the other 1/4 scores candidate policies (accuracy without "
+                   "fine-tuning, next layer refitted by least squares on 512 inputs); preserve ratios in [0.1, 1]. "
+                   f"AMC: {amc_cfg.episodes} DDPG episodes ({amc_cfg.warmup} random warm-up) through its action "
+                   f"wall; constrained BO: {ca_cfg.iterations} evaluations with the {ca_cfg.cooling} cooling "
+                   "schedule. The best policy is fine-tuned "
+                   f"{cfg.finetune_epochs} epochs (SGD lr 0.02).",
+                   not_in_protocol=NOT_IN_PROTOCOL_AUTOML, registry=registry)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -112,7 +112,7 @@ def test_excluded_papers_are_named_with_a_reason(registry, pruning: dict, quanti
 def test_committed_benchmarks_are_valid_and_cover_the_families() -> None:
     files = {p.stem: load_benchmark(p) for p in (ROOT / "results" / "benchmarks").glob("*.json")}
     families = {"distillation", "mutual-learning", "self-distillation", "pruning", "quantization", "low-rank",
-                "architecture"}
+                "architecture", "automl"}
     assert families <= set(files)
     for family, bench in files.items():
         assert bench.family == family and bench.profile == "default"
@@ -150,7 +150,7 @@ def test_compression_leaderboard_renders_budgets_deltas_and_plot(pruning: dict) 
 def test_kb_bench_rejects_an_unknown_family(capsys: pytest.CaptureFixture[str]) -> None:
     from kb.cli import main
 
-    assert main(["bench", "automl"]) == 2
+    assert main(["bench", "other"]) == 2
     assert "invalid choice" in capsys.readouterr().err
 
 
@@ -232,3 +232,15 @@ def test_architecture_bench_trains_every_architecture_and_renders(registry, tmp_
     assert "trained from scratch with the same recipe" in page
     assert "*Conv MobileNet (standard 3x3 convs) (baseline)*" in page
     assert len(bench_points(bench)) == len(bench["rows"])  # no dense reference point
+
+
+def test_automl_bench_keeps_every_search_inside_the_flops_target(registry, tmp_path: Path) -> None:
+    from implementations._bench import bench_automl
+
+    bench = bench_automl(registry, quick=True)
+    write_benchmark(bench, tmp_path / "automl.json")
+    assert bench["failures"] == {} and set(bench["excluded"]) == {"autoslim_yu2019"}
+    assert {r["paper"] for r in bench["rows"]} == {"amc_he2018", "constraintaware_chen2018"}
+    for row in bench["rows"]:  # physically pruned and within 30% of the dense network's FLOPs
+        assert row["flops"] <= 0.3 * bench["reference"]["flops"], row
+        assert row["params"] < bench["reference"]["params"]

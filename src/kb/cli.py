@@ -465,7 +465,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="a family leaderboard under one shared protocol")
     p.add_argument("family", choices=["distillation", "mutual-learning", "self-distillation", "pruning",
-                                      "quantization", "low-rank", "architecture"])
+                                      "quantization", "low-rank", "architecture", "automl"])
     p.add_argument("--quick", action="store_true", help="smoke run (writes results/quick/benchmarks/)")
 
     p = sub.add_parser("site", help="build or serve the documentation site")

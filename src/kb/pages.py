@@ -451,8 +451,8 @@ def home_page(data: SiteData) -> str:
             "From a checkout: `make test` (install and run the tests), `make serve` (build and serve this site), "
             "then `.venv/bin/kb run <paper id>` reproduces one paper (about a minute on 2 CPU cores) and "
             "`.venv/bin/kb bench <family>` (distillation, mutual-learning, self-distillation, pruning, quantization, "
-            "low-rank, architecture) re-runs that family's shared-protocol leaderboard. Each paper page names its "
-            "command and the results file it writes.", ""]
+            "low-rank, architecture, automl) re-runs that family's shared-protocol leaderboard. Each paper page names "
+            "its command and the results file it writes.", ""]
     return "\n".join(out)
 
 
