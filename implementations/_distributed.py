@@ -124,7 +124,7 @@ def shard_indices(n: int, rank: int, world_size: int, generator: torch.Generator
         n: Number of examples $N$.
         rank: Rank $r$.
         world_size: Number of ranks $R$; with $R = 1$ this is just the permutation.
-        generator: CPU generator; every rank must seed it identically (e.g. `seed + epoch`).
+        generator: CPU generator; every rank must seed it identically (e.g. `epoch_generator(seed, epoch)`).
 
     Returns:
         Indices, shape `(ceil(N / R),)`, on the CPU.

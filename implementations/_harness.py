@@ -32,7 +32,8 @@ from tqdm.auto import tqdm
 
 from implementations._data import TensorData, iterate_batches
 
-__all__ = ["FitResult", "RunContext", "Supervised", "evaluate", "fit", "resolve_device", "seed_everything"]
+__all__ = ["FitResult", "RunContext", "Supervised", "epoch_generator", "evaluate", "fit", "resolve_device",
+           "seed_everything"]
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,15 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
     if deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """The CPU generator that shuffles epoch `epoch` of the run seeded `seed`.
+
+    Seeds the generator with `seed * 1_000_003 + epoch`, so that two runs with different seeds never share an epoch's
+    order (with `seed + epoch`, seed 1's first epoch would repeat seed 0's second one).
+    """
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
 
 
 def resolve_device(device: str = "auto") -> str:
@@ -151,7 +161,7 @@ def fit(
         lr: Peak learning rate $\eta_0$.
         batch_size: Global batch size $B$ (split across ranks under `torch.distributed`).
         device: `"cpu"`, `"cuda"`, `"cuda:1"`, ...
-        seed: Seeds the shuffle of every epoch (epoch $e$ uses `seed + e`).
+        seed: Seeds the shuffle of every epoch (see `epoch_generator`).
         optimizer: `"sgd"` (momentum, weight decay) or `"adamw"`.
         momentum: SGD momentum.
         weight_decay: L2 / decoupled weight decay.
@@ -211,7 +221,7 @@ def fit(
     for epoch in bar:
         started = time.perf_counter()
         task.train()
-        gen = torch.Generator().manual_seed(seed + epoch)
+        gen = epoch_generator(seed, epoch)
         order = shard_indices(len(y_all), dist.rank, dist.world_size, generator=gen).to(x_all.device)
         sums: dict[str, float] = {}
         n_batches = 0

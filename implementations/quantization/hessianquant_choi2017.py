@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from implementations._harness import epoch_generator
 from implementations.quantization._base import beats, latency
 
 if TYPE_CHECKING:
@@ -141,7 +142,7 @@ def _train_adam(model: nn.Module, data: TensorData, epochs: int, lr: float, batc
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     model.train()
     for epoch in range(epochs):
-        order = torch.randperm(data.n_train, generator=torch.Generator().manual_seed(seed + epoch))
+        order = torch.randperm(data.n_train, generator=epoch_generator(seed, epoch))
         for start in range(0, data.n_train, batch):
             idx = order[start : start + batch]
             loss = F.cross_entropy(model(data.x_train[idx]), data.y_train[idx])

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from implementations._harness import epoch_generator
 from implementations._models import build_model
 from implementations.quantization._base import quantizable_layers
 
@@ -202,7 +203,7 @@ def retrain(task: SoftWeightSharing, data: TensorData, epochs: int, seed: int, b
     task.train()
     started = time.perf_counter()
     for epoch in range(epochs):
-        gen = torch.Generator().manual_seed(seed + epoch)
+        gen = epoch_generator(seed, epoch)
         for xb, yb in iterate_batches(data.x_train, data.y_train, batch_size, shuffle=True, generator=gen):
             loss = sum(task.forward_train(xb, yb)[1].values())
             opt.zero_grad(set_to_none=True)

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from implementations._harness import epoch_generator
 from implementations.quantization._base import beats, latency, round_ste
 
 if TYPE_CHECKING:
@@ -213,7 +214,7 @@ def train_wage(model: WAGE, data: TensorData, epochs: int, batch: int, seed: int
     total = epochs * steps_per_epoch
     model.train()
     for epoch in range(epochs):
-        order = torch.randperm(data.n_train, generator=torch.Generator().manual_seed(seed + epoch))
+        order = torch.randperm(data.n_train, generator=epoch_generator(seed, epoch))
         for step, start in enumerate(range(0, data.n_train, batch)):
             idx = order[start : start + batch]
             _, losses = model.forward_train(data.x_train[idx], data.y_train[idx])
