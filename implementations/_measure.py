@@ -7,6 +7,13 @@ Sizes count the parameters only (buffers such as BN running statistics are left 
   ($b_{\text{idx}} = 4$ bytes, int32, by default);
 - quantized: $\lceil b P / 8 \rceil + 4 S$ for $b$-bit codes and $S$ fp32 scales.
 
+The `bytes` column of a results row (`model_row`) is the storage of the model as it would be shipped: the quantized
+size when a bit width is given, otherwise the smaller of the dense and the sparse size, so a pruned model is counted
+in sparse format once that is smaller and an unpruned one stays dense.
+
+`beats` is the one rule for "the method wins" used by every verdict: the per-seed accuracies are paired by seed and the
+mean gain must exceed one standard error of the paired difference.
+
 FLOPs are counted by `torch.utils.flop_counter.FlopCounterMode`: a multiply-add counts as 2 FLOPs, so a
 `Linear(d_in, d_out)` on a batch of $B$ costs $2 B\, d_{\text{in}}\, d_{\text{out}}$ (the bias add is not counted).
 """
@@ -25,6 +32,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 __all__ = [
     "accuracy_stats",
+    "beats",
     "count_flops",
     "count_nonzero",
     "count_params",
@@ -43,6 +51,22 @@ def accuracy_stats(values: Sequence[float]) -> dict[str, Any]:
         raise ValueError("accuracy_stats needs at least one value")
     std = statistics.stdev(vals) if len(vals) > 1 else 0.0
     return {"mean": statistics.fmean(vals), "std": std, "values": vals}
+
+
+def beats(method: Sequence[float], baseline: Sequence[float]) -> bool:
+    r"""Whether `method` beats `baseline` beyond seed noise, on per-seed accuracies paired by seed.
+
+    With $d_s = a_s - b_s$ over $n$ seeds: $\bar d > 0$ and, for $n > 1$, $\bar d > \mathrm{sd}(d) / \sqrt{n}$ (one
+    standard error of the paired difference). With one seed only the direction is checked.
+    """
+    diffs = [float(a) - float(b) for a, b in zip(method, baseline, strict=True)]
+    if not diffs:
+        raise ValueError("beats needs at least one pair of values")
+    mean = sum(diffs) / len(diffs)
+    if len(diffs) == 1:
+        return mean > 0
+    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1))
+    return mean > 0 and mean > sd / math.sqrt(len(diffs))
 
 
 def count_params(model: nn.Module) -> int:
@@ -121,12 +145,16 @@ def model_row(
 ) -> dict[str, Any]:
     """The size/compute columns of a results row for `model`: params, nonzero_params, bytes, flops, latency, bits.
 
-    `bytes` is the dense fp32 size, or the quantized size when `bits` is given (one scale per parameter tensor).
+    `bytes` is the quantized size when `bits` is given (one scale per parameter tensor), otherwise
+    `min(dense_bytes, sparse_bytes)`: dense fp32, or value + int32 index per non-zero once that is smaller.
     FLOPs are per example (batch 1). Latency (batch 1, CPU) is measured only when asked, as it takes time.
     """
     device = next(model.parameters()).device
     n_tensors = sum(1 for _ in model.parameters())
-    size = dense_bytes(model) if bits is None else quantized_bytes(model, bits, num_scales=n_tensors)
+    if bits is None:
+        size = min(dense_bytes(model), sparse_bytes(model))
+    else:
+        size = quantized_bytes(model, bits, num_scales=n_tensors)
     return {
         "params": count_params(model),
         "nonzero_params": count_nonzero(model),

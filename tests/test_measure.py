@@ -14,6 +14,7 @@ from torch import nn
 
 from implementations._measure import (
     accuracy_stats,
+    beats,
     count_flops,
     count_nonzero,
     count_params,
@@ -79,6 +80,27 @@ def test_model_row_columns() -> None:
         "bits": None,
     }
     assert model_row(model, (3, 4), bits=8)["bytes"] == 52 + 2 * 4  # one fp32 scale per parameter tensor
+
+
+def test_model_row_counts_a_pruned_model_in_sparse_format_once_smaller() -> None:
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 4))
+    with torch.no_grad():
+        model[1].weight[:, :9] = 0.0  # 36 of 52 parameters zeroed: 16 non-zeros * 8 bytes = 128 < 208
+    assert model_row(model, (3, 4))["bytes"] == 16 * 8
+    with torch.no_grad():
+        model[1].weight.fill_(1.0)
+        model[1].bias.zero_()  # 48 non-zeros * 8 = 384 > 208: stays dense
+    assert model_row(model, (3, 4))["bytes"] == 208
+
+
+def test_beats_needs_a_paired_gain_beyond_one_standard_error() -> None:
+    assert beats([71.0, 72.0, 73.0], [70.0, 71.0, 72.0])  # +1 on every seed: sd 0
+    assert not beats([70.0, 70.0, 70.0], [70.0, 70.0, 70.0])  # a tie is not a win
+    # mean gain +1 but differences (+4, -2, +1): sd 3, standard error sqrt(3) > 1
+    assert not beats([74.0, 68.0, 71.0], [70.0, 70.0, 70.0])
+    assert beats([70.5], [70.0]) and not beats([69.5], [70.0])  # one seed: direction only
+    with pytest.raises(ValueError):
+        beats([70.0, 71.0], [70.0])
 
 
 def test_gpu_benchmark_script_runs_on_cpu(tmp_path: Path) -> None:

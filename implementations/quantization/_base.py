@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from implementations._harness import Supervised
-from implementations._measure import latency_ms, quantized_bytes
+from implementations._measure import beats, latency_ms, quantized_bytes
 from implementations._models import build_model
 
 __all__ = [
@@ -237,20 +237,6 @@ def single_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
-
-
-def beats(method: Sequence[float], baseline: Sequence[float]) -> bool:
-    r"""Whether `method` beats `baseline` beyond seed noise, on per-seed accuracies paired by seed.
-
-    With $d_s = a_s - b_s$ over $n$ seeds: $\bar d > 0$ and, for $n > 1$, $\bar d > \mathrm{sd}(d) / \sqrt{n}$ (one
-    standard error of the paired difference). With one seed only the direction is checked.
-    """
-    diffs = [float(a) - float(b) for a, b in zip(method, baseline, strict=True)]
-    mean = sum(diffs) / len(diffs)
-    if len(diffs) == 1:
-        return mean > 0
-    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1))
-    return mean > 0 and mean > sd / math.sqrt(len(diffs))
 
 
 def latency(model: nn.Module, input_shape: Sequence[int], profile: str) -> float | None:
