@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import statistics
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -36,7 +37,9 @@ __all__ = [
     "count_flops",
     "count_nonzero",
     "count_params",
+    "cpu_time_ms",
     "dense_bytes",
+    "interleaved_latency",
     "latency_ms",
     "model_row",
     "quantized_bytes",
@@ -138,6 +141,39 @@ def latency_ms(
         measurement = timer.blocked_autorange(min_run_time=min_run_time)
     model.train(was_training)
     return measurement.median * 1e3
+
+
+def interleaved_latency(
+    models: dict[str, nn.Module], input_shape: Sequence[int], batch_size: int = 1, rounds: int = 5
+) -> dict[str, float]:
+    """Per model, the minimum over interleaved rounds of `_measure.latency_ms` (ms): robust to other processes.
+
+    On a shared CPU one measurement can land in another job's burst; alternating the models and keeping each one's
+    fastest round compares them under the same conditions.
+    """
+    best = dict.fromkeys(models, float("inf"))
+    for _ in range(rounds):
+        for name, model in models.items():
+            best[name] = min(best[name], latency_ms(model, input_shape, batch_size=batch_size, min_run_time=0.05))
+    return best
+
+
+@torch.no_grad()
+def cpu_time_ms(model: nn.Module, input_shape: Sequence[int], batch_size: int = 1, min_time: float = 0.2) -> float:
+    """Median CPU time (ms) of the calling thread per forward pass, in eval mode; with one intra-op thread this is
+    the compute cost, unaffected by time spent waiting for a core that other processes hold."""
+    was_training = model.training
+    model.eval()
+    x = torch.randn(batch_size, *input_shape)
+    model(x)  # warm-up
+    times: list[int] = []
+    started = time.thread_time()
+    while time.thread_time() - started < min_time or len(times) < 5:
+        tick = time.thread_time_ns()
+        model(x)
+        times.append(time.thread_time_ns() - tick)
+    model.train(was_training)
+    return statistics.median(times) / 1e6
 
 
 def model_row(

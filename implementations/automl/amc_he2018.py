@@ -291,10 +291,9 @@ def reproduce(ctx: Any) -> dict[str, Any]:
 
     from implementations._data import load_dataset
     from implementations._harness import Supervised, evaluate, fit, seed_everything
-    from implementations._measure import accuracy_stats, model_row
+    from implementations._measure import accuracy_stats, interleaved_latency, model_row
     from implementations._models import CNN1d
     from implementations.automl._base import finetune
-    from implementations.pruning.sfp_he2018 import interleaved_latency
 
     cfg = Config()
     if ctx.profile == "quick":

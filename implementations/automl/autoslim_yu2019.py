@@ -183,9 +183,8 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
     """
     from implementations._data import load_dataset
     from implementations._harness import Supervised, evaluate, fit, seed_everything
-    from implementations._measure import accuracy_stats, model_row
+    from implementations._measure import accuracy_stats, interleaved_latency, model_row
     from implementations._models import CNN1d
-    from implementations.pruning.sfp_he2018 import interleaved_latency
 
     cfg = Config()
     data = load_dataset("mnist1d", n_train=ctx.n_train)

@@ -202,9 +202,8 @@ def reproduce(ctx: Any) -> dict[str, Any]:
     """Random search and constrained BO (fixed / linear / exponential / notes' cooling) at 0.2x FLOPs, per seed."""
     from implementations._data import load_dataset
     from implementations._harness import Supervised, evaluate, fit, seed_everything
-    from implementations._measure import accuracy_stats, model_row
+    from implementations._measure import accuracy_stats, interleaved_latency, model_row
     from implementations._models import CNN1d
-    from implementations.pruning.sfp_he2018 import interleaved_latency
 
     cfg = Config()
     if ctx.profile == "quick":

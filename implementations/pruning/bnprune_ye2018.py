@@ -197,9 +197,8 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
 
     from implementations._data import load_dataset
     from implementations._harness import Supervised, evaluate, fit, seed_everything
-    from implementations._measure import accuracy_stats, count_flops, model_row
+    from implementations._measure import accuracy_stats, count_flops, cpu_time_ms, interleaved_latency, model_row
     from implementations._runner import save_accuracy_plot
-    from implementations.pruning.sfp_he2018 import cpu_time_ms, interleaved_latency
     from implementations.pruning.slimming_liu2017 import Config as SlimConfig
     from implementations.pruning.slimming_liu2017 import NetworkSlimming
 

@@ -351,8 +351,7 @@ def _result(
     width: float,
 ) -> dict[str, Any]:
     """Rows, claim, answers and figure of the reproduction."""
-    from implementations._measure import accuracy_stats, model_row, sparse_bytes
-    from implementations.pruning.sfp_he2018 import interleaved_latency
+    from implementations._measure import accuracy_stats, interleaved_latency, model_row, sparse_bytes
 
     shape = data.input_shape
 

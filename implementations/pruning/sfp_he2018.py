@@ -23,8 +23,6 @@ $\gamma / \sqrt{\epsilon}$; it regrows only if its BN shift $\beta > 0$ lets the
 from __future__ import annotations
 
 import copy
-import statistics
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -41,9 +39,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Config",
     "SoftFilterPruning",
-    "cpu_time_ms",
     "filter_norms",
-    "interleaved_latency",
     "remove_filters",
     "reproduce",
 ]
@@ -104,41 +100,6 @@ def remove_filters(model: nn.Module, keep: Sequence[Tensor]) -> nn.Module:
         head.bias.copy_(new.head.bias)
     new.head = head
     return new.train(model.training)  # fresh modules start in training mode
-
-
-def interleaved_latency(
-    models: dict[str, nn.Module], input_shape: Sequence[int], batch_size: int = 1, rounds: int = 5
-) -> dict[str, float]:
-    """Per model, the minimum over interleaved rounds of `_measure.latency_ms` (ms): robust to other processes.
-
-    On a shared CPU one measurement can land in another job's burst; alternating the models and keeping each one's
-    fastest round compares them under the same conditions.
-    """
-    from implementations._measure import latency_ms
-
-    best = dict.fromkeys(models, float("inf"))
-    for _ in range(rounds):
-        for name, model in models.items():
-            best[name] = min(best[name], latency_ms(model, input_shape, batch_size=batch_size, min_run_time=0.05))
-    return best
-
-
-@torch.no_grad()
-def cpu_time_ms(model: nn.Module, input_shape: Sequence[int], batch_size: int = 1, min_time: float = 0.2) -> float:
-    """Median CPU time (ms) of the calling thread per forward pass, in eval mode; with one intra-op thread this is
-    the compute cost, unaffected by time spent waiting for a core that other processes hold."""
-    was_training = model.training
-    model.eval()
-    x = torch.randn(batch_size, *input_shape)
-    model(x)  # warm-up
-    times: list[int] = []
-    started = time.thread_time()
-    while time.thread_time() - started < min_time or len(times) < 5:
-        tick = time.thread_time_ns()
-        model(x)
-        times.append(time.thread_time_ns() - tick)
-    model.train(was_training)
-    return statistics.median(times) / 1e6
 
 
 class SoftFilterPruning(nn.Module):
@@ -210,7 +171,7 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
     """Soft vs hard filter pruning from scratch of a 1-D CNN on MNIST-1D, against the unpruned net."""
     from implementations._data import load_dataset
     from implementations._harness import Supervised, evaluate, fit, seed_everything
-    from implementations._measure import accuracy_stats, model_row
+    from implementations._measure import accuracy_stats, cpu_time_ms, interleaved_latency, model_row
     from implementations._models import build_model
 
     threads = torch.get_num_threads()

@@ -231,8 +231,7 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
     """Slimmable (switchable BN) and shared-BN nets against one network trained alone per width, same seeds/epochs."""
     from implementations._data import load_dataset
     from implementations._harness import Supervised, evaluate, fit, seed_everything
-    from implementations._measure import accuracy_stats, model_row
-    from implementations.pruning.sfp_he2018 import interleaved_latency
+    from implementations._measure import accuracy_stats, interleaved_latency, model_row
 
     cfg = Config()
     data = load_dataset("mnist1d", n_train=ctx.n_train)

@@ -32,7 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from implementations.pruning.sfp_he2018 import cpu_time_ms, interleaved_latency, remove_filters
+from implementations._measure import cpu_time_ms, interleaved_latency
+from implementations.pruning.sfp_he2018 import remove_filters
 
 if TYPE_CHECKING:
     from implementations._harness import RunContext

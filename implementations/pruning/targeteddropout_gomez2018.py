@@ -189,8 +189,7 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
     """MLP on digits trained plainly, with untargeted weight dropout, and with targeted dropout; then pruned."""
     from implementations._data import load_dataset
     from implementations._harness import Supervised, evaluate, fit, seed_everything
-    from implementations._measure import accuracy_stats, model_row, sparse_bytes
-    from implementations.pruning.sfp_he2018 import interleaved_latency
+    from implementations._measure import accuracy_stats, interleaved_latency, model_row, sparse_bytes
     from implementations.quantization._base import beats
 
     cfg = Config()

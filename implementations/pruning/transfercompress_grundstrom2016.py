@@ -168,9 +168,8 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
 
     from implementations._data import load_dataset
     from implementations._harness import evaluate, fit, seed_everything
-    from implementations._measure import accuracy_stats, count_flops
+    from implementations._measure import accuracy_stats, count_flops, cpu_time_ms, interleaved_latency
     from implementations._models import CNN1d, build_model
-    from implementations.pruning.sfp_he2018 import cpu_time_ms, interleaved_latency
     from implementations.pruning.transfersparse_liu2017 import split_task
     from implementations.quantization._base import beats
 

@@ -195,9 +195,8 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
 def _reproduce(ctx: RunContext) -> dict[str, Any]:
     from implementations._data import load_dataset
     from implementations._harness import Supervised, evaluate, fit, seed_everything
-    from implementations._measure import accuracy_stats, count_flops
+    from implementations._measure import accuracy_stats, count_flops, cpu_time_ms, interleaved_latency
     from implementations._models import build_model
-    from implementations.pruning.sfp_he2018 import cpu_time_ms, interleaved_latency
 
     s, cfg = SETTING, Config()
     data = load_dataset(s["dataset"], ctx.data_dir, ctx.download, n_train=ctx.n_train)
