@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from kb.pages import load_site_data, paper_page
+from kb.pages import home_page, load_site_data, paper_page
 from kb.registry import load_registry
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,6 +66,18 @@ def test_paper_page_marks_reported_and_reproduced_numbers() -> None:
             assert f'kb-badge {verdict.replace(" ", "-")}' in text
         for reported in paper.reported:
             assert reported.source in text  # every reported number shows where the paper prints it
+
+
+def test_home_page_counts_status_across_the_registry() -> None:
+    data = load_site_data(ROOT)
+    papers = data.registry.papers
+    all_row = next(line for line in home_page(data).splitlines() if line.startswith("| **All** |"))
+    counts = [int(cell.strip(" *")) for cell in all_row.split("|")[2:-1]]
+    tested = sum(p.implementation is not None and (ROOT / p.implementation.test).is_file() for p in papers)
+    reproduced = sum(bool(r["claim"]["reproduced"]) for r in data.results.values())
+    assert counts == [len(papers), sum(p.status == "implemented" for p in papers), tested, reproduced,
+                      len(data.results) - reproduced, len(papers) - len(data.results)]
+    assert "(registry.bib)" in home_page(data)
 
 
 def test_shared_leaderboard_renders_a_benchmark() -> None:

@@ -425,6 +425,11 @@ def category_page(data: SiteData, category: str) -> str:
     return "\n".join(out) + "\n"
 
 
+def _tested(data: SiteData, paper: Any) -> bool:
+    """Whether the paper's implementation has its test file (`tests/implementations/test_<id>.py`) on disk."""
+    return paper.implementation is not None and (data.root / paper.implementation.test).is_file()
+
+
 def home_page(data: SiteData) -> str:
     """The home page: what this is, and counts across the registry."""
     papers = data.registry.papers
@@ -435,18 +440,23 @@ def home_page(data: SiteData) -> str:
            "checks the paper's headline claim. Numbers are tagged: "
            '<span class="kb-badge reported">reported</span> by the paper, '
            '<span class="kb-badge ours">our run</span> measured by our own reproductions.', "",
-           "| Category | Papers | Implemented | Reproduced | Not reproduced |", "|---|---|---|---|---|"]
-    totals = [0, 0, 0, 0]
+           "| Category | Papers | Implemented | Tested | Reproduced | Not reproduced | Not yet run |",
+           "|---|---|---|---|---|---|---|"]
+    totals = [0] * 6
     for cat in CATEGORIES:
         group = [p for p in papers if p.category == cat]
         if not group:
             continue
-        row = [len(group), sum(p.status == "implemented" for p in group),
-               sum(verdict(data, p.id) is True for p in group), sum(verdict(data, p.id) is False for p in group)]
+        row = [len(group), sum(p.status == "implemented" for p in group), sum(_tested(data, p) for p in group),
+               sum(verdict(data, p.id) is True for p in group), sum(verdict(data, p.id) is False for p in group),
+               sum(verdict(data, p.id) is None for p in group)]
         totals = [a + b for a, b in zip(totals, row, strict=True)]
         out.append(f"| [{CATEGORY_TITLES[cat]}](categories/{cat}.md) | " + " | ".join(map(str, row)) + " |")
     out.append("| **All** | " + " | ".join(f"**{t}**" for t in totals) + " |")
-    out += ["", "See also: [open questions from the notes](open-questions.md) · [bibliography](bibliography.md).", "",
+    out += ["", "*Tested*: the paper's math tests exist (`tests/implementations/test_<id>.py`); *Reproduced*: its "
+            "reproduction ran and the paper's headline claim held in direction at our scale.", "",
+            "See also: [open questions from the notes](open-questions.md) · [bibliography](bibliography.md) "
+            "([download all papers as BibTeX](registry.bib)).", "",
             "## Run it yourself", "",
             "From a checkout: `make test` (install and run the tests), `make serve` (build and serve this site), "
             "then `.venv/bin/kb run <paper id>` reproduces one paper (about a minute on 2 CPU cores) and "
