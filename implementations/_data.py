@@ -116,13 +116,15 @@ def iterate_batches(
             yield x[idx], y[idx]
 
 
-def augment_crop_flip(x: Tensor, padding: int = 4, generator: torch.Generator | None = None) -> Tensor:
+def augment_crop_flip(x: Tensor, generator: torch.Generator | None = None, *, padding: int = 4) -> Tensor:
     """Random crop with zero padding plus random horizontal flip, on a batch of images on any device.
+
+    The signature follows `fit()`'s `augment(x, generator)` contract, so the function can be passed as is.
 
     Args:
         x: Images, shape `(B, C, H, W)`.
-        padding: Pixels of zero padding on each side before cropping back to `(H, W)`.
         generator: CPU generator for the offsets and flips.
+        padding: Pixels of zero padding on each side before cropping back to `(H, W)`.
 
     Returns:
         Augmented images, shape `(B, C, H, W)`.

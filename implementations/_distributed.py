@@ -13,7 +13,8 @@ $$
 the single-process full-batch gradient. Only rank 0 writes checkpoints and results (`is_main_process()`).
 
 Usage: `torchrun --nproc-per-node 2 script.py`, where the script calls `init_distributed()` before `fit()`;
-`fit()` picks up the process group by itself.
+`fit()` picks up the process group by itself. `kb run` does this for a whole reproduction:
+`torchrun --nproc-per-node 2 -m kb.cli run kd_hinton2015 --full --data-dir ~/data` (see `_runner.run_paper`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from torch import Tensor, nn
 __all__ = [
     "DistInfo",
     "TrainStep",
+    "barrier",
     "cleanup",
     "get_dist_info",
     "init_distributed",
@@ -93,6 +95,12 @@ def init_distributed(backend: str | None = None) -> DistInfo:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
         dist.init_process_group(backend=backend, init_method="env://")
     return get_dist_info()
+
+
+def barrier() -> None:
+    """Wait for every rank; a no-op without a process group."""
+    if get_dist_info().world_size > 1:
+        dist.barrier()
 
 
 def cleanup() -> None:

@@ -15,11 +15,13 @@ torch RNG state is saved in every checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
+import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,8 +34,8 @@ from tqdm.auto import tqdm
 
 from implementations._data import TensorData, iterate_batches
 
-__all__ = ["FitResult", "RunContext", "Supervised", "epoch_generator", "evaluate", "fit", "resolve_device",
-           "seed_everything"]
+__all__ = ["FitResult", "RunContext", "Supervised", "epoch_generator", "evaluate", "fit", "on_fit_end",
+           "resolve_device", "seed_everything"]
 
 
 @dataclass(frozen=True)
@@ -46,13 +48,25 @@ class RunContext:
     data_dir: str | None = None  # folder of torchvision-format data sets
     download: bool = False  # allow downloading missing data sets
     device: str = "cpu"  # resolved device, never "auto"
-    progress: bool = False  # show tqdm bars
+    progress: bool = False  # show tqdm bars (the CLI sets it when stderr is a terminal)
     n_train: int | None = None  # training-subset size for the quick profile (None = all)
     results_dir: Path = field(default_factory=lambda: Path("results"))  # figures go to results_dir/figures
+    checkpoint_dir: Path | None = None  # where fit() checkpoints go (None: no checkpoints), see `checkpoint`
 
     def epochs(self, default: int) -> int:
         """Scale a module's default epoch count by the profile, at least 1."""
         return max(1, round(default * self.epoch_scale))
+
+    def checkpoint(self, name: str) -> Path | None:
+        """The checkpoint file of one training run of this reproduction, for `fit(checkpoint=...)`; None when the
+        run keeps no checkpoints.
+
+        `name` must be unique within the reproduction and the same on every run, e.g. `f"seed{seed}_teacher"`.
+        An interrupted `kb run <id> --full` resumes every training from its file with `--resume`.
+        """
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]*", name):
+            raise ValueError(f"checkpoint name {name!r}: use letters, digits, '_', '-' and '.' only")
+        return None if self.checkpoint_dir is None else Path(self.checkpoint_dir) / f"{name}.pt"
 
 
 @dataclass
@@ -101,9 +115,13 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
 
 
 def resolve_device(device: str = "auto") -> str:
-    """`"auto"` -> `"cuda"` when a GPU is visible, else `"cpu"`; anything else is returned unchanged."""
+    """`"auto"` -> `"cuda"` when a GPU is visible, else `"cpu"`; a bare `"cuda"` becomes `"cuda:<LOCAL_RANK>"` when
+    torchrun set `LOCAL_RANK`, so that each process of a multi-GPU run uses its own GPU. Anything else is returned
+    unchanged."""
     if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and "LOCAL_RANK" in os.environ:
+        return f"cuda:{int(os.environ['LOCAL_RANK'])}"
     return device
 
 
@@ -120,6 +138,20 @@ def evaluate(model: nn.Module, data: TensorData, batch_size: int = 1000, split: 
         correct += (model(xb).argmax(dim=-1) == yb).sum().item()
     model.train(was_training)
     return 100.0 * correct / max(1, len(y))
+
+
+#: Called with every finished `fit()`'s result; the runner counts trainings for its per-paper progress bar.
+_FIT_LISTENERS: list[Callable[[FitResult], None]] = []
+
+
+@contextlib.contextmanager
+def on_fit_end(callback: Callable[[FitResult], None]) -> Iterator[None]:
+    """Within the block, call `callback(result)` after every `fit()` returns."""
+    _FIT_LISTENERS.append(callback)
+    try:
+        yield
+    finally:
+        _FIT_LISTENERS.remove(callback)
 
 
 def _save_atomic(obj: Any, path: Path) -> None:
@@ -150,6 +182,7 @@ def fit(
     channels_last: bool = False,
     compile: bool = False,
     on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
+    extra_state: dict[Any, Any] | None = None,
 ) -> FitResult:
     r"""Train `task` by minimising the sum of the losses returned by `task.forward_train`.
 
@@ -168,11 +201,16 @@ def fit(
         checkpoint: File written atomically after each epoch; when it exists, training resumes from it.
         progress: Show a tqdm bar over epochs (rank 0 only).
         eval_every_epoch: Add the test accuracy to each epoch's history entry.
-        augment: `augment(x, generator) -> x` applied to each training batch.
+        augment: `augment(x, generator) -> x` applied to each training batch; called positionally with the epoch's
+            generator (`_data.augment_crop_flip` fits as is).
         bf16: Run forward passes under bfloat16 autocast.
         channels_last: Use the channels-last memory format for 4-D inputs and the task.
         compile: Wrap `forward_train` with `torch.compile`.
-        on_epoch_end: Called as `on_epoch_end(epoch, history_entry)` after each epoch (and its checkpoint).
+        on_epoch_end: Called as `on_epoch_end(epoch, history_entry)` after each epoch (and its checkpoint; with
+            `extra_state`, before it).
+        extra_state: A dict that `on_epoch_end` fills (e.g. snapshots of the weights at some epochs). Each epoch's
+            checkpoint saves it as the callback left it and, on resume, its saved contents are put back into this
+            same dict, so the callback's work from the epochs before the interruption is not lost.
 
     Returns:
         The per-epoch history.
@@ -211,6 +249,9 @@ def fit(
         opt.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"])
         history, start_epoch = state["history"], state["epoch"]
+        if extra_state is not None:
+            extra_state.clear()
+            extra_state.update(state.get("extra", {}))
 
     step_module = TrainStep(task)
     if dist.world_size > 1:
@@ -249,11 +290,17 @@ def fit(
             entry["test_acc"] = evaluate(task, data)
         history.append(entry)
         bar.set_postfix(loss=f"{entry['loss']:.3f}")
+        if on_epoch_end is not None and extra_state is not None:
+            on_epoch_end(epoch + 1, entry)  # first, so that this epoch's checkpoint holds what the callback kept
         if ckpt_path is not None and dist.rank == 0:
             state = {"task": task.state_dict(), "optimizer": opt.state_dict(), "rng": torch.get_rng_state()}
-            _save_atomic({**state, "history": history, "epoch": epoch + 1, "fingerprint": fingerprint}, ckpt_path)
-        if on_epoch_end is not None:
+            state.update(history=history, epoch=epoch + 1, fingerprint=fingerprint, extra=extra_state or {})
+            _save_atomic(state, ckpt_path)
+        if on_epoch_end is not None and extra_state is None:
             on_epoch_end(epoch + 1, entry)
     sync_buffers(task)  # identical BN statistics on every rank (no-op in a single process)
     task.eval()
-    return FitResult(history=history, resumed_from=start_epoch)
+    result = FitResult(history=history, resumed_from=start_epoch)
+    for listener in list(_FIT_LISTENERS):
+        listener(result)
+    return result

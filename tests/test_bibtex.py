@@ -52,3 +52,50 @@ def test_missing_key_and_missing_fields(tmp_path: Path) -> None:
 def test_suggest_id_folds_accents() -> None:
     assert suggest_id("SubClass", "Rafael Müller", 2020) == "subclass_muller2020"
     assert suggest_id("kd", "Geoffrey Hinton", 2015) == "kd_hinton2015"
+
+
+SCHOLAR = r"""@article{hinton2015distilling,
+  title={Distilling the knowledge in a neural network},
+  author={Hinton, Geoffrey and Vinyals, Oriol and Dean, Jeff},
+  journal={arXiv preprint arXiv:1503.02531},
+  year={2015}
+}
+
+@inproceedings{muller2020subclass,
+  title={Subclass distillation: {\"U}ber {\'e}tudes and 100\% of $\ell_1$},
+  author={M{\"u}ller, Rafael and Fran{\c{c}}ois, Jean and Kornblith, Simon and others},
+  booktitle={Advances in Neural Information Processing Systems},
+  eprint={arXiv:2002.03936},
+  year={2020}
+}
+
+@article{dblp2018,
+  title={A {DBLP} entry}, author={O'Brien, Pat}, journal={CoRR}, volume={abs/1802.05668}, year={2018}
+}
+"""
+
+
+def test_google_scholar_entries(tmp_path: Path) -> None:
+    path = tmp_path / "scholar.bib"
+    path.write_text(SCHOLAR, encoding="utf-8")
+    kd = read_bib_entry(path, "hinton2015distilling")
+    assert (kd.arxiv, kd.venue, kd.authors) == ("1503.02531", "arXiv preprint", ["Geoffrey Hinton", "Oriol Vinyals",
+                                                                                 "Jeff Dean"])
+    sub = read_bib_entry(path, "muller2020subclass")
+    assert sub.title == r"Subclass distillation: Über études and 100% of $\ell_1$"  # accents decoded, math kept
+    assert sub.authors == ["Rafael Müller", "Jean François", "Simon Kornblith"]  # "and others" dropped
+    assert sub.arxiv == "2002.03936" and sub.venue == "Advances in Neural Information Processing Systems"
+    assert suggest_id("subclass", sub.authors[0], sub.year) == "subclass_muller2020"
+    dblp = read_bib_entry(path, "dblp2018")
+    assert (dblp.arxiv, dblp.venue, dblp.title) == ("1802.05668", "arXiv preprint", "A DBLP entry")
+
+
+def test_unreadable_bib_files_raise_bib_error(tmp_path: Path) -> None:
+    with pytest.raises(BibError, match=r"refs: cannot read"):
+        (tmp_path / "refs").mkdir()
+        read_bib_entry(tmp_path / "refs", "k")
+    (tmp_path / "latin1.bib").write_bytes("@misc{k, title={Caf\xe9}, author={A B}, year={2020}}\n".encode("latin-1"))
+    with pytest.raises(BibError, match=r"latin1\.bib: not UTF-8 text \(byte 0xe9"):
+        read_bib_entry(tmp_path / "latin1.bib", "k")
+    with pytest.raises(BibError, match="file not found"):
+        read_bib_entry(tmp_path / "missing.bib", "k")

@@ -138,3 +138,15 @@ def test_augment_crop_flip_shifts_and_flips() -> None:
     for i in range(2):  # each output is some 5x5 window of the padded image, possibly mirrored
         windows = [padded[i, :, r : r + 5, c : c + 5] for r in range(5) for c in range(5)]
         assert any(torch.equal(out[i], w) or torch.equal(out[i], w.flip(-1)) for w in windows)
+
+
+def test_augment_crop_flip_takes_the_generator_second() -> None:
+    """`fit()` calls `augment(x, generator)` positionally; the generator must not land in `padding`."""
+    x = torch.randn(4, 3, 8, 8)
+    a = augment_crop_flip(x, torch.Generator().manual_seed(5))
+    b = augment_crop_flip(x, torch.Generator().manual_seed(5))
+    c = augment_crop_flip(x, torch.Generator().manual_seed(6))
+    assert a.shape == x.shape and torch.equal(a, b) and not torch.equal(a, c)
+    padded = torch.nn.functional.pad(x, (4, 4, 4, 4))  # the default padding is still 4
+    windows = [padded[0, :, r : r + 8, s : s + 8] for r in range(9) for s in range(9)]
+    assert any(torch.equal(a[0], w) or torch.equal(a[0], w.flip(-1)) for w in windows)

@@ -1,8 +1,10 @@
 """DDP on CPU: two gloo processes launched by torchrun average to the full-batch gradient and end with identical
-weights (the ranks run `tests/ddp_worker.py`)."""
+weights, and `kb run <id> --full` runs under them with one results file written by rank 0 (the ranks run
+`tests/ddp_worker.py`)."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -12,13 +14,15 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from ddp_worker import FIT, WORLD_SIZE, batch, images, mlp_task
+from ddp_worker import FIT, WORLD_SIZE, batch, images, mlp_task, write_tiny_cifar100
 from torch import nn
 
 from implementations._distributed import shard_indices
 from implementations._harness import fit
+from kb.results import load_result
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _free_port() -> int:
@@ -30,7 +34,8 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("ddp")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TORCH_DISTRIBUTED_DEBUG": "OFF"}
+    write_tiny_cifar100(out / "data")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TORCH_DISTRIBUTED_DEBUG": "OFF", "KB_ROOT": str(ROOT)}
     if "lo" in {name for _, name in socket.if_nameindex()}:
         env["GLOO_SOCKET_IFNAME"] = "lo"  # keep gloo on the loopback device, whatever the host name resolves to
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={WORLD_SIZE}", "--nnodes=1",
@@ -75,3 +80,17 @@ def test_ranks_end_identical_and_match_one_process(ranks: Path) -> None:
     fit(single, single.parameters(), images(), **FIT)
     assert all(torch.allclose(v, states[0]["mlp"][k], atol=1e-5) for k, v in single.state_dict().items())
     assert (ranks / "ckpt0.pt").is_file() and not (ranks / "ckpt1.pt").exists()  # only rank 0 writes
+
+
+def test_kb_run_under_torchrun_writes_once_from_rank_0(ranks: Path) -> None:
+    logs = [json.loads((ranks / f"kb{r}.json").read_text()) for r in range(WORLD_SIZE)]
+    assert [log["code"] for log in logs] == [0] * WORLD_SIZE, logs
+    assert "kb run: wrote" in logs[0]["stdout"] and "kb run [1/1]" in logs[0]["stderr"]
+    assert logs[1]["stdout"] == "" and "kb " not in logs[1]["stderr"]  # rank 1 neither writes nor talks
+    result = load_result(ranks / "results" / "kd_hinton2015.json")
+    assert result.profile == "full" and result.protocol.dataset == "cifar100" and result.protocol.n_train == 8
+    assert result.command.startswith(f"torchrun --nproc-per-node {WORLD_SIZE} -m kb.cli run kd_hinton2015 --full")
+    assert f"{WORLD_SIZE} processes" in result.environment.device
+    assert sorted(p.name for p in (ranks / "results").rglob("*")) == [
+        "figures", "kd_hinton2015.json", "kd_hinton2015_accuracy.png"]  # no temporary files from a second writer
+    assert not (ranks / "checkpoints" / "kd_hinton2015").exists()  # a finished run removes its checkpoints

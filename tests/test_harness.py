@@ -10,7 +10,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from implementations._data import TensorData
-from implementations._harness import Supervised, evaluate, fit, seed_everything
+from implementations._harness import (
+    RunContext,
+    Supervised,
+    evaluate,
+    fit,
+    on_fit_end,
+    resolve_device,
+    seed_everything,
+)
 from implementations._models import build_model
 
 
@@ -162,3 +170,67 @@ def test_cuda_path_flags_run_on_cpu() -> None:
         augment=lambda xb, g: xb.flip(-1),
     ).history
     assert torch.isfinite(torch.tensor(history[0]["loss"])) and 0.0 <= history[0]["test_acc"] <= 100.0
+
+
+def test_extra_state_of_the_epoch_callback_survives_a_resume(tmp_path: Path) -> None:
+    """Snapshots that `on_epoch_end` keeps (KD's weak teachers) come back from the checkpoint after an interruption."""
+    data, ckpt = blobs(), tmp_path / "ckpt.pt"
+    kwargs = dict(epochs=3, lr=0.1, batch_size=32, seed=1, progress=False, checkpoint=ckpt)
+
+    def keeper(task: nn.Module, snapshots: dict, stop_at: int | None = None):
+        def keep(epoch: int, _entry: dict) -> None:
+            snapshots[epoch] = state(task)
+            if epoch == stop_at:
+                raise KeyboardInterrupt
+
+        return keep
+
+    first, snapshots = mlp_task(), {}
+    with pytest.raises(KeyboardInterrupt):
+        fit(first, first.parameters(), data, on_epoch_end=keeper(first, snapshots, stop_at=2), extra_state=snapshots,
+            **kwargs)
+    resumed, restored = mlp_task(seed=5), {"stale": 1}
+    result = fit(resumed, resumed.parameters(), data, on_epoch_end=keeper(resumed, restored), extra_state=restored,
+                 **kwargs)
+    # The callback's state is saved with its epoch, so the interrupted epoch 2 (whose callback did not finish) runs
+    # again: epoch 1's snapshot comes from the file, epochs 2-3 from this run, identical to the first run's.
+    assert result.resumed_from == 1 and sorted(restored) == [1, 2, 3]
+    for epoch in (1, 2):
+        assert all(torch.equal(snapshots[epoch][k], restored[epoch][k]) for k in snapshots[epoch])
+    assert all(torch.equal(restored[3][k], v) for k, v in resumed.state_dict().items())
+    # A finished run's checkpoint skips training entirely and still hands back every snapshot.
+    again, kept = mlp_task(seed=9), {}
+    assert fit(again, again.parameters(), data, extra_state=kept, **kwargs).resumed_from == 3 and sorted(kept) == [
+        1, 2, 3]
+
+
+def test_run_context_checkpoint_paths(tmp_path: Path) -> None:
+    assert RunContext().checkpoint("seed0_teacher") is None  # no folder: the run keeps no checkpoints
+    ctx = RunContext(checkpoint_dir=tmp_path / "kd")
+    assert ctx.checkpoint("seed0_teacher") == tmp_path / "kd" / "seed0_teacher.pt"
+    with pytest.raises(ValueError, match="checkpoint name"):
+        ctx.checkpoint("../escape")
+
+
+def test_resolve_device_follows_local_rank(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == "cuda" and resolve_device("cuda:1") == "cuda:1"
+    monkeypatch.setenv("LOCAL_RANK", "3")  # torchrun's process 3 on this machine
+    assert resolve_device("auto") == "cuda:3" and resolve_device("cuda") == "cuda:3"
+    assert resolve_device("cpu") == "cpu" and resolve_device("cuda:0") == "cuda:0"  # explicit choices stand
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == "cpu"
+
+
+def test_on_fit_end_sees_every_training() -> None:
+    seen = []
+    with on_fit_end(seen.append):
+        for epochs in (1, 2):
+            task = mlp_task()
+            fit(task, task.parameters(), blobs(), epochs=epochs, lr=0.1, batch_size=64, progress=False)
+    task = mlp_task()
+    fit(task, task.parameters(), blobs(), epochs=1, lr=0.1, batch_size=64, progress=False)  # outside: not seen
+    assert [len(r.history) for r in seen] == [1, 2]

@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import stat
 from pathlib import Path
 
 import pytest
 
-from kb.registry import RegistryError, check_repository, load_registry, parse_registry_text
+from kb.registry import (
+    RegistryError,
+    check_repository,
+    full_setting,
+    load_raw,
+    load_registry,
+    module_constant,
+    parse_registry_text,
+    write_raw,
+)
 from kb.schema import Registry
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -168,3 +179,94 @@ def test_fast_reader_refuses_duplicate_keys(tmp_path: Path) -> None:
     assert _load_fast(tmp_path / "registry.yaml") is None
     (tmp_path / "registry.yaml").write_text("papers:\n- id: a_b2020\n  title: t\n", encoding="utf-8")
     assert _load_fast(tmp_path / "registry.yaml") == {"papers": [{"id": "a_b2020", "title": "t"}]}
+
+
+# ---------------------------------------------------------------------------
+# The fast reader and the writer agree (YAML 1.2); unreadable files; FULL; file modes
+# ---------------------------------------------------------------------------
+
+SCALARS = ["off", "on", "yes", "No", "y", "true", "False", "4:1", "1:30:00", "012", "1_000", "0o17", "0x1F",
+           "2015-01-01", ".inf", ".NaN", "1e3", "1.5", "-2", "+1", "~", "null", "", "1503.02531", "<<", "=", "tRue"]
+
+
+@pytest.mark.parametrize("scalar", SCALARS)
+def test_fast_reader_resolves_plain_scalars_like_the_yaml_1_2_writer(tmp_path: Path, scalar: str) -> None:
+    """libyaml reads YAML 1.1 (`off` is False, `4:1` is 241); the registry is YAML 1.2 as ruamel writes it."""
+    from kb.registry import _load_fast, _plain, load_raw
+
+    path = tmp_path / "doc.yaml"
+    path.write_text(f"value: {scalar}\nlist: [{scalar or 'x'}]\n", encoding="utf-8")
+    fast = _load_fast(path)
+    assert fast is None or fast == _plain(load_raw(path))  # the same value, or ruamel decides
+    if scalar in ("off", "on", "yes", "No", "4:1", "1:30:00", "012", "1.5", "true", "~"):
+        assert fast is not None  # common scalars stay on the fast path
+
+
+def test_tags_off_and_ratio_are_strings_on_both_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from kb.cli import main
+
+    text = (
+        "papers:\n- id: kd_hinton2015\n  title: T\n  authors: [G H]\n  year: 2015\n  venue: 4:1\n"
+        "  arxiv: '1503.02531'\n  bibtex_key: hinton2015distilling\n  category: distillation\n  summary: S.\n"
+        "  notes: papers/kd_hinton2015.md\n  tags: [off]\n"
+    )
+    (tmp_path / "registry.yaml").write_text(text, encoding="utf-8")
+    (tmp_path / "papers").mkdir()
+    (tmp_path / "papers" / "kd_hinton2015.md").write_text("x", encoding="utf-8")
+    paper = load_registry(tmp_path).papers[0]
+    assert paper.tags == ["off"] and paper.venue == "4:1"
+    monkeypatch.setenv("KB_ROOT", str(tmp_path))
+    assert main(["check"]) == 0 and main(["fmt"]) == 0  # the writer accepted it, so the checker must too
+
+
+def test_unreadable_registry_is_one_message(tmp_path: Path) -> None:
+    (tmp_path / "registry.yaml").write_bytes("papers:\n- id: caf\xe9_b2020\n".encode("latin-1"))
+    with pytest.raises(RegistryError, match=r"registry\.yaml: not UTF-8 text \(byte 0xe9 at offset 17\)"):
+        load_registry(tmp_path)
+    (tmp_path / "registry.yaml").unlink()
+    (tmp_path / "registry.yaml").mkdir()
+    with pytest.raises(RegistryError, match=r"registry\.yaml: cannot read"):
+        load_raw(tmp_path / "registry.yaml")
+
+
+def test_full_declarations_are_read_without_importing(tmp_path: Path) -> None:
+    registry = load_registry(ROOT)
+    declared = {p.id: full_setting(ROOT, p) for p in registry.papers if full_setting(ROOT, p)}
+    assert sorted(declared) == ["dml_zhang2018", "kd_hinton2015"]
+    assert all("CIFAR-100" in text for text in declared.values())
+    module = tmp_path / "m.py"
+    module.write_text('FULL = "ImageNet, 90 epochs"\n__all__: list[str] = ["X"]\n', encoding="utf-8")
+    assert module_constant(module, "FULL") == "ImageNet, 90 epochs" and module_constant(module, "__all__") == ["X"]
+    assert module_constant(module, "OTHER", 7) == 7
+
+
+@pytest.mark.parametrize(("line", "needle"), [
+    ("FULL = SETTINGS", "`FULL` must be a string literal"),
+    ("FULL = ''", "`FULL` must describe the paper-scale setting"),
+])
+def test_check_rejects_a_bad_full_declaration(tmp_path: Path, line: str, needle: str) -> None:
+    entry = {**GOOD, "status": "implemented", "implementation": {
+        "path": "implementations/distillation/kd_hinton2015.py", "entrypoint": "KD", "fidelity": "faithful",
+        "test": "tests/implementations/test_kd_hinton2015.py"}}
+    for rel, text in {"papers/kd_hinton2015.md": "notes", "tests/implementations/test_kd_hinton2015.py": "",
+                      "implementations/distillation/kd_hinton2015.py": f'__all__ = ["KD"]\n{line}\n'}.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text, encoding="utf-8")
+    errors = check_repository(tmp_path, _parse(entry)).errors
+    assert len(errors) == 1 and needle in errors[0]
+
+
+def test_registry_rewrite_keeps_the_file_mode(tmp_path: Path) -> None:
+    path = tmp_path / "registry.yaml"
+    path.write_text("papers: []\n", encoding="utf-8")
+    path.chmod(0o640)
+    write_raw(path, load_raw(path))
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+    new = tmp_path / "sub" / "registry.yaml"
+    new.parent.mkdir()
+    old_umask = os.umask(0o027)
+    try:
+        write_raw(new, load_raw(path))
+    finally:
+        os.umask(old_umask)
+    assert stat.S_IMODE(new.stat().st_mode) == 0o640  # 0o666 minus the umask, not mkstemp's 0o600

@@ -151,3 +151,118 @@ def test_run_paper_rejects_wrong_id_and_profile(tmp_path: Path) -> None:
         run_paper("dkd_zhao2022", str(fake_paper(tmp_path, False)), "quick", tmp_path, device="cpu")
     with pytest.raises(ValueError, match="unknown profile"):
         run_paper("kd_hinton2015", str(fake_paper(tmp_path, False)), "huge", tmp_path, device="cpu")
+
+
+def test_environment_records_the_thread_count_of_the_run(tmp_path: Path) -> None:
+    import torch
+
+    from implementations._runner import run_paper
+
+    torch.set_num_threads(2)
+    try:
+        out = run_paper("kd_hinton2015", str(fake_paper(tmp_path, False)), "default", tmp_path, device="cpu")
+        assert torch.get_num_threads() == 2  # restored after the run
+    finally:
+        torch.set_num_threads(1)
+    assert load_result(out).environment.device.startswith("cpu (1 thread,")  # what the run used, not 2
+
+
+def test_full_profile_needs_a_full_declaration(tmp_path: Path) -> None:
+    from implementations._runner import ProfileError, run_paper
+
+    plain = fake_paper(tmp_path, False)
+    with pytest.raises(ProfileError, match="kd_hinton2015 has no paper-scale setting"):
+        run_paper("kd_hinton2015", str(plain), "full", tmp_path / "results", device="cpu")
+    assert not (tmp_path / "results").exists()  # nothing ran, nothing written
+    declared = tmp_path / "declared.py"
+    declared.write_text('FULL = "CIFAR-100, 240 epochs"\n' + plain.read_text())
+    out = run_paper("kd_hinton2015", str(declared), "full", tmp_path / "results", device="cpu")
+    assert load_result(out).profile == "full"
+
+
+def test_only_rank_0_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import implementations._runner as runner
+
+    monkeypatch.setattr(runner, "is_main_process", lambda: False)  # what a rank > 0 of a torchrun job sees
+    assert runner.run_paper("kd_hinton2015", str(fake_paper(tmp_path, False)), "default", tmp_path / "r") is None
+    assert not (tmp_path / "r").exists()
+
+
+RESUMABLE = """
+import os
+
+
+def reproduce(ctx):
+    import json
+
+    import torch
+
+    from implementations._data import TensorData
+    from implementations._harness import Supervised, evaluate, fit, seed_everything
+    from implementations._models import build_model
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(96, 8, generator=gen)
+    y = (x[:, 0] + x[:, 1] > 0).long()
+    data = TensorData(x[:64], y[:64], x[64:], y[64:], num_classes=2, input_shape=(8,))
+    seed_everything(0)
+    task = Supervised(build_model("mlp", 2, (8,), width=0.125))
+
+    def stop(epoch, entry):
+        if epoch == int(os.environ.get("KB_TEST_STOP_AT", "0")):
+            raise KeyboardInterrupt  # Ctrl-C in the middle of training
+
+    run = fit(task, task.parameters(), data, epochs=4, lr=0.1, batch_size=16, progress=False,
+              checkpoint=ctx.checkpoint("net"), on_epoch_end=stop)
+    acc = evaluate(task, data)
+    result = json.loads(DATA)
+    result["rows"] = [{"name": "net", "label": "Net", "role": "method",
+                       "accuracy": {"mean": acc, "std": 0.0, "values": [acc]},
+                       "extra": {"final_loss": run.history[-1]["loss"], "resumed_from": float(run.resumed_from)}}]
+    drop = ("environment", "wall_time_s", "created", "command", "profile")
+    return {k: v for k, v in result.items() if k not in drop}
+"""
+
+
+def test_interrupted_run_resumes_from_its_checkpoints(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from implementations._runner import CheckpointsExistError, run_paper
+
+    module = tmp_path / "resumable.py"
+    module.write_text(f"DATA = {json.dumps(json.dumps(VALID))}\n{RESUMABLE}")
+    ckpt = tmp_path / "checkpoints" / "kd_hinton2015"
+
+    def go(out: str, **kw: Any) -> Any:
+        path = run_paper("kd_hinton2015", str(module), "default", tmp_path / out, device="cpu", checkpoint_dir=ckpt,
+                         **kw)
+        return load_result(path).row("net")
+
+    straight = go("straight")
+    assert straight.extra["resumed_from"] == 0 and not ckpt.exists()  # a finished run removes its checkpoints
+    monkeypatch.setenv("KB_TEST_STOP_AT", "2")
+    with pytest.raises(KeyboardInterrupt):
+        go("interrupted")
+    assert [p.name for p in ckpt.iterdir()] == ["net.pt"] and not (tmp_path / "interrupted").exists()
+    monkeypatch.delenv("KB_TEST_STOP_AT")
+    with pytest.raises(CheckpointsExistError, match="--resume"):
+        go("refused")  # neither resume nor fresh: an old run's checkpoints are never picked up silently
+    resumed = go("resumed", resume=True)
+    assert resumed.extra["resumed_from"] == 2  # epochs 1-2 came from the checkpoint
+    assert resumed.extra["final_loss"] == straight.extra["final_loss"] and resumed.accuracy == straight.accuracy
+    assert not ckpt.exists()
+    monkeypatch.setenv("KB_TEST_STOP_AT", "3")
+    with pytest.raises(KeyboardInterrupt):
+        go("interrupted")
+    monkeypatch.delenv("KB_TEST_STOP_AT")
+    assert go("fresh", fresh=True).extra["resumed_from"] == 0  # --fresh discards them and starts over
+
+
+def test_progress_bar_counts_the_trainings_of_a_paper(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from implementations._runner import run_paper
+
+    module = tmp_path / "resumable.py"
+    module.write_text(f"DATA = {json.dumps(json.dumps(VALID))}\n{RESUMABLE}")
+    run_paper("kd_hinton2015", str(module), "default", tmp_path, device="cpu", progress=True)
+    err = capsys.readouterr().err
+    assert "kd_hinton2015: trainings: " in err and "1fit" in err.replace(" ", "")
+    run_paper("kd_hinton2015", str(module), "default", tmp_path, device="cpu", progress=False)
+    assert "trainings" not in capsys.readouterr().err

@@ -14,13 +14,20 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from kb.registry import (
     REGISTRY_FILE,
     RegistryError,
     check_repository,
+    defines_function,
+    describe_validation_error,
     find_root,
+    full_setting,
     load_raw,
     load_registry,
+    new_file_mode,
+    read_text,
     registry_lock,
     write_raw,
 )
@@ -119,10 +126,12 @@ def _atomic_write(files: dict[Path, str]) -> None:
     try:
         for path, text in files.items():
             path.parent.mkdir(parents=True, exist_ok=True)
+            mode = new_file_mode(path)  # the old file's mode, or 0o666 minus the umask (mkstemp would give 0o600)
             fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+            staged.append((Path(tmp), path))
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
                 handle.write(text)
-            staged.append((Path(tmp), path))
+            os.chmod(tmp, mode)
         for tmp, path in staged:
             os.replace(tmp, path)
             done.append(path)
@@ -202,8 +211,12 @@ def add(root: Path, entry: dict, *, family: str | None, entrypoint: str | None, 
         entry["status"] = "noted"
     try:
         paper = Paper.model_validate(entry)
-    except Exception as exc:  # pydantic's message, prefixed with where it came from
-        raise UsageError(f"new entry {paper_id!r}: {exc}") from exc
+    except ValidationError as exc:  # one line per problem, naming the entry (no pydantic dump, no URL)
+        raise UsageError("\n".join(describe_validation_error(exc, f"{path}: new entry {paper_id!r}"))) from exc
+    taken = next((p for p in registry.papers if p.bibtex_key == paper.bibtex_key), None)
+    if taken is not None:
+        raise UsageError(f"{path}: new entry {paper_id!r}: bibtex_key {paper.bibtex_key!r} is already used by entry "
+                         f"{taken.id!r} (pass another one with --bibtex-key)")
     files = {root / paper.notes: _render("notes.md.tmpl", {})}
     if not notes_only:
         files.update(_implementation_files(root, paper, family, entrypoint))
@@ -241,6 +254,10 @@ def implement(root: Path, paper_id: str, *, family: str | None, entrypoint: str 
 SCAFFOLD_MARK = "scaffold written by `kb implement`"
 
 
+def _same_text(a: str, b: str) -> bool:
+    return a.split() == b.split()
+
+
 def set_status(root: Path, paper_id: str, status: str, fidelity: str | None) -> int:
     """Change an entry's status (and fidelity); `implemented` needs real code and tests, not the scaffold."""
     path = root / REGISTRY_FILE
@@ -257,8 +274,22 @@ def set_status(root: Path, paper_id: str, status: str, fidelity: str | None) -> 
             file = root / rel
             if not file.is_file():
                 raise UsageError(f"entry {paper_id!r}: missing file {rel}")
-            if SCAFFOLD_MARK in file.read_text(encoding="utf-8"):
+            if SCAFFOLD_MARK in read_text(file):
                 raise UsageError(f"entry {paper_id!r}: {rel} is still the scaffold; write it before marking done")
+        module = root / paper.implementation.path
+        try:
+            has_reproduce = defines_function(module, "reproduce")
+        except SyntaxError as exc:
+            raise UsageError(f"entry {paper_id!r}: {paper.implementation.path} does not parse: {exc}") from exc
+        if not has_reproduce:
+            raise UsageError(f"entry {paper_id!r}: {paper.implementation.path} defines no `reproduce(ctx)`; "
+                             "`kb run` needs it (see the house style) before the entry counts as implemented")
+        notes = root / paper.notes
+        if not notes.is_file():
+            raise UsageError(f"entry {paper_id!r}: missing file {paper.notes}")
+        if _same_text(read_text(notes), _render("notes.md.tmpl", {})):
+            raise UsageError(f"entry {paper_id!r}: {paper.notes} is still the TODO template; write the notes "
+                             "before marking it implemented")
     raw = next(p for p in doc["papers"] if str(p.get("id")) == paper_id)
     raw["status"] = status
     if fidelity is not None:
@@ -269,7 +300,7 @@ def set_status(root: Path, paper_id: str, status: str, fidelity: str | None) -> 
 
 
 def _entry_from_args(args: argparse.Namespace) -> dict:
-    from kb.bibtex import read_bib_entry, suggest_id
+    from kb.bibtex import ascii_lower, read_bib_entry, suggest_id
 
     if args.from_bib:
         bib_path, key = args.from_bib
@@ -296,14 +327,17 @@ def _entry_from_args(args: argparse.Namespace) -> dict:
             missing.insert(0, "<id>")
         if missing:
             raise UsageError(f"kb add without --from-bib needs {', '.join(missing)}")
-        first_author = args.author[0].split()[-1].lower()
+        # Google-Scholar style key `<lastname><year><firstword>`, folded to ASCII letters and digits (O'Brien ->
+        # obrien, Über -> uber) so that it matches the schema's key pattern.
+        last_name = ascii_lower((args.author[0].split() or [""])[-1]) or "anon"
+        first_word = next((w for w in map(ascii_lower, args.title.split()) if w), "")
         entry = {
             "id": args.id,
             "title": args.title,
             "authors": list(args.author),
             "year": args.year,
             "venue": args.venue,
-            "bibtex_key": args.bibtex_key or f"{first_author}{args.year}{args.title.split()[0].lower()}",
+            "bibtex_key": args.bibtex_key or f"{last_name}{args.year}{first_word}",
         }
         if args.arxiv:
             entry["arxiv"] = args.arxiv
@@ -332,9 +366,8 @@ def bib(root: Path, output: Path | None) -> int:
     return 0
 
 
-def run(root: Path, ids: list[str], *, run_all: bool, profile: str, data_dir: str | None, download: bool,
-        device: str) -> int:
-    """Run reproductions and write `results/<id>.json` for each."""
+def _select_for_run(root: Path, ids: list[str], run_all: bool, profile: str) -> list[Paper]:
+    """The implemented papers to run; `--full` keeps (with --all) or demands (with ids) a paper-scale setting."""
     registry = load_registry(root)
     if run_all:
         if ids:
@@ -351,26 +384,97 @@ def run(root: Path, ids: list[str], *, run_all: bool, profile: str, data_dir: st
             if paper.status != "implemented":
                 raise UsageError(f"entry {paper_id!r} has status {paper.status!r}: nothing to run yet")
             papers.append(paper)
+    if profile != "full":
+        return papers
+    implemented = [p for p in registry.papers if p.status == "implemented"]
+    with_full = [p.id for p in implemented if full_setting(root, p)]
+    lacking = [p.id for p in papers if p.id not in with_full]
+    if run_all:
+        if lacking:
+            print(f"kb run: --full runs the {len(papers) - len(lacking)} paper(s) whose module declares a "
+                  f"paper-scale setting (`FULL`); {len(lacking)} other(s) have none", file=sys.stderr)
+        return [p for p in papers if p.id in with_full]
+    if lacking:
+        raise UsageError(
+            f"{', '.join(lacking)} {'has' if len(lacking) == 1 else 'have'} no paper-scale setting: --full would "
+            f"only rerun the small protocol. Papers that define one (a `FULL` declaration in their module): "
+            f"{', '.join(with_full) or 'none'}"
+        )
+    return papers
+
+
+def run(root: Path, ids: list[str], *, run_all: bool, profile: str, data_dir: str | None, download: bool,
+        device: str, resume: bool = False, fresh: bool = False, checkpoint_dir: str | None = None,
+        results_dir: str | None = None, overrides: dict | None = None, progress: bool = False) -> int:
+    """Run reproductions and write `results/<id>.json` for each.
+
+    Full-profile runs (or any run given --checkpoint-dir/--resume/--fresh) keep training checkpoints in
+    `<checkpoint_dir or checkpoints/>/<id>/`; under torchrun only rank 0 prints and writes.
+    """
+    papers = _select_for_run(root, ids, run_all, profile)
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    if overrides and results_dir is None:
+        raise UsageError("--seeds/--epoch-scale/--n-train make a trial run: give --results-dir so that it does not "
+                         "replace the tracked results/<id>.json")
+    if resume and fresh:
+        raise UsageError("give --resume or --fresh, not both")
     if not papers:
         print("kb run: no implemented papers to run")
         return 0
     sys.path.insert(0, str(root))
-    from implementations._runner import run_paper  # torch is imported here, and only here
+    from implementations._runner import CheckpointsExistError, run_paper  # torch is imported here, and only here
 
     # Smoke runs go to results/quick/ (not tracked, not on the site) so they never replace real results.
-    results_dir = root / "results" / "quick" if profile == "quick" else root / "results"
+    default_out = root / "results" / "quick" if profile == "quick" else root / "results"
+    out_dir = Path(results_dir) if results_dir is not None else default_out
+    keep_checkpoints = profile == "full" or checkpoint_dir is not None or resume or fresh
+    checkpoints = Path(checkpoint_dir) if checkpoint_dir is not None else root / "checkpoints"  # git-ignored
+    main_rank = os.environ.get("RANK", "0") == "0"  # torchrun sets RANK; only rank 0 talks
+    say = print if main_rank else (lambda *a, **k: None)
+    bar = None
+    if progress and main_rank and len(papers) > 1:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(papers), desc="papers", unit="paper", file=sys.stderr)
+        say = bar.write
     failures = []
-    for index, paper in enumerate(papers, 1):
-        print(f"kb run [{index}/{len(papers)}] {paper.id} ({profile})", file=sys.stderr)
-        try:
-            out = run_paper(paper.id, paper.module, profile, results_dir, data_dir=data_dir,
-                            download=download, device=device)
-        except Exception as exc:  # noqa: BLE001 - keep going, report every failure at the end
-            failures.append(f"{paper.id}: {type(exc).__name__}: {exc}")
-            continue
-        print(f"kb run: wrote {Path(out).relative_to(root) if Path(out).is_relative_to(root) else out}")
+    try:
+        for index, paper in enumerate(papers, 1):
+            say(f"kb run [{index}/{len(papers)}] {paper.id} ({profile})", file=sys.stderr)
+            ckpt = checkpoints / paper.id if keep_checkpoints else None
+            try:
+                out = run_paper(paper.id, paper.module, profile, out_dir, data_dir=data_dir, download=download,
+                                device=device, progress=progress, checkpoint_dir=ckpt, resume=resume, fresh=fresh,
+                                overrides=overrides)
+            except KeyboardInterrupt:
+                where = f"; rerun with --resume to continue from {ckpt}" if ckpt and any(ckpt.glob("*.pt")) else ""
+                say(f"kb run: {paper.id} interrupted{where}", file=sys.stderr)
+                return 130
+            except CheckpointsExistError as exc:
+                failures.append(f"{paper.id}: {exc}")
+                continue
+            except Exception as exc:  # noqa: BLE001 - keep going, report every failure at the end
+                hint = ""
+                if ckpt is not None and any(ckpt.glob("*.pt")):
+                    hint = f" (checkpoints kept in {ckpt}: rerun with --resume to continue)"
+                failures.append(f"{paper.id}: {type(exc).__name__}: {exc}{hint}")
+                continue
+            finally:
+                if bar is not None:
+                    bar.update(1)
+            if out is not None:
+                out = Path(out)
+                say(f"kb run: wrote {out.relative_to(root) if out.is_relative_to(root) else out}")
+    finally:
+        if bar is not None:
+            bar.close()
+        if "WORLD_SIZE" in os.environ:
+            from implementations._distributed import cleanup
+
+            cleanup()
     for failure in failures:
-        print(f"kb: error: {failure}", file=sys.stderr)
+        if main_rank:
+            print(f"kb: error: {failure}", file=sys.stderr)
     return 2 if failures else 0
 
 
@@ -411,6 +515,16 @@ def site(root: Path, action: str, *, port: int, strict: bool, build_first: bool)
 # ---------------------------------------------------------------------------
 # argument parsing
 # ---------------------------------------------------------------------------
+
+
+def _seed_list(text: str) -> tuple[int, ...]:
+    try:
+        seeds = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not seeds:
+        raise argparse.ArgumentTypeError("give at least one seed")
+    return seeds
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -461,7 +575,18 @@ def _parser() -> argparse.ArgumentParser:
     group.add_argument("--full", action="store_const", const="full", dest="profile", help="real datasets, GPU")
     p.add_argument("--data-dir", help="folder holding CIFAR/MNIST files for --full")
     p.add_argument("--download", action="store_true", help="download missing datasets (needs internet)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ... (auto: cuda:LOCAL_RANK under "
+                   "torchrun)")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--resume", action="store_true",
+                       help="continue an interrupted run from its checkpoints (checkpoints/<id>/)")
+    group.add_argument("--fresh", action="store_true", help="delete an interrupted run's checkpoints, start over")
+    p.add_argument("--checkpoint-dir", help="folder for the training checkpoints (default: checkpoints/, "
+                   "git-ignored; always used by --full)")
+    p.add_argument("--results-dir", help="write the results here instead of results/ (needed for trial runs)")
+    p.add_argument("--seeds", type=_seed_list, help="trial run: comma-separated seeds instead of the profile's")
+    p.add_argument("--epoch-scale", type=float, help="trial run: multiply every epoch count by this")
+    p.add_argument("--n-train", type=int, help="trial run: train on this many examples")
 
     p = sub.add_parser("bench", help="a family leaderboard under one shared protocol")
     p.add_argument("family", choices=["distillation", "mutual-learning", "self-distillation", "pruning",
@@ -506,8 +631,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "bib":
             return bib(root, args.output)
         if args.command == "run":
+            overrides = {"seeds": args.seeds, "epoch_scale": args.epoch_scale, "n_train": args.n_train}
             return run(root, args.ids, run_all=args.run_all, profile=args.profile or "default",
-                       data_dir=args.data_dir, download=args.download, device=args.device)
+                       data_dir=args.data_dir, download=args.download, device=args.device, resume=args.resume,
+                       fresh=args.fresh, checkpoint_dir=args.checkpoint_dir, results_dir=args.results_dir,
+                       overrides=overrides, progress=sys.stderr.isatty())
         if args.command == "bench":
             return bench(root, args.family, quick=args.quick)
         if args.command == "site":
