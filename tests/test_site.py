@@ -68,6 +68,17 @@ def test_paper_page_marks_reported_and_reproduced_numbers() -> None:
             assert reported.source in text  # every reported number shows where the paper prints it
 
 
+def test_paper_page_names_the_paper_scale_run_only_where_the_module_declares_one() -> None:
+    from kb.registry import full_setting
+
+    data = load_site_data(ROOT)
+    with_full = [p for p in data.registry.papers if full_setting(ROOT, p)]
+    assert {p.id for p in with_full} >= {"kd_hinton2015"}
+    for paper in data.registry.papers:
+        text = paper_page(data, paper)
+        assert (f"kb run {paper.id} --full" in text) == (paper in with_full), paper.id
+
+
 def test_home_page_counts_status_across_the_registry() -> None:
     data = load_site_data(ROOT)
     papers = data.registry.papers

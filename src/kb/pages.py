@@ -159,6 +159,13 @@ def _results_section(data: SiteData, paper: Paper) -> list[str]:
     out += [f"Command: `{result.get('command') or 'kb run ' + paper.id}` · torch {env.get('torch', '?')} on "
             f"{env.get('device', '?')} · commit `{(env.get('git_commit') or 'unknown')[:10]}` · "
             f"{result.get('wall_time_s', 0):.1f} s · {result.get('created', '')}", ""]
+    from kb.registry import full_setting
+
+    full = full_setting(data.root, paper)
+    if full:
+        out += [f"**Paper-scale run** (not part of the small reproduction above): {_cell(full)}. On a GPU with the "
+                f"data set in `DIR`: `kb run {paper.id} --full --data-dir DIR` (add `--download` where there is "
+                "internet; several GPUs: launch through `torchrun`, see the README).", ""]
     return out
 
 
