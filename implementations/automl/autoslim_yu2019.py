@@ -183,12 +183,12 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
     """
     from implementations._data import load_dataset
     from implementations._harness import Supervised, evaluate, fit, seed_everything
-    from implementations._measure import accuracy_stats, interleaved_latency, model_row
+    from implementations._measure import accuracy_stats, beats, interleaved_latency, model_row
     from implementations._models import CNN1d
 
     cfg = Config()
     data = load_dataset("mnist1d", n_train=ctx.n_train)
-    epochs = ctx.epochs(7)
+    epochs = ctx.epochs(14)  # 7 epochs left the slimmable net under-trained
     train = dict(lr=0.1, batch_size=128, device=ctx.device, progress=False)
     n_val = data.n_train // 4  # held-out part of the training set: the estimator's validation data
     target = cnn1d_flops(uniform_channels(cfg))
@@ -282,8 +282,9 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
         "rows": rows,
         "claim": {
             "text": "The configuration found by greedy slimming of a one-shot slimmable network, retrained from "
-            "scratch, is more accurate than the uniformly slimmed network at the same FLOPs.",
-            "reproduced": gain > 0,
+            "scratch, is more accurate than the uniformly slimmed network at the same FLOPs (paired over seeds, gain "
+            "above one standard error).",
+            "reproduced": beats(acc["autoslim"], acc["uniform"]),
             "evidence": f"AutoSlim {mean['autoslim']:.2f}% vs uniform {mean['uniform']:.2f}% ({gain:+.2f} points) at "
             f"FLOPs {size['autoslim']['flops']} vs {size['uniform']['flops']} (seed 0), {len(ctx.seeds)} seeds; "
             f"found from {list(cfg.channels)}: "
@@ -310,9 +311,13 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
                 f"network's held-out estimates rank the three retrained configurations with Kendall tau "
                 f"{tau['autoslim']:+.2f} on average (1 = same order)."
                 if gain <= 0
-                else f"Yes at this scale: the greedy path ends {gain:+.2f} points above uniform width scaling and "
-                f"{gain_random:+.2f} points from a random configuration of the same FLOPs (Kendall tau of the "
-                f"estimates against retrained accuracy {tau['autoslim']:+.2f}).",
+                else f"Yes at this scale: the greedy path ends {gain:+.2f} points above uniform width scaling, beyond "
+                f"seed noise, and {gain_random:+.2f} points from a random configuration of the same FLOPs (Kendall "
+                f"tau of the estimates against retrained accuracy {tau['autoslim']:+.2f})."
+                if beats(acc["autoslim"], acc["uniform"])
+                else f"Inconclusive at this scale: the greedy path ends {gain:+.2f} points above uniform width "
+                f"scaling, within seed noise, and {gain_random:+.2f} points from a random configuration of the same "
+                f"FLOPs (Kendall tau of the estimates against retrained accuracy {tau['autoslim']:+.2f}).",
                 "evidence": "retrained test accuracy: "
                 + ", ".join(f"{n} {mean[n]:.2f}" for n in names)
                 + "; one-shot held-out estimates: "

@@ -202,15 +202,17 @@ def reproduce(ctx: Any) -> dict[str, Any]:
     """Random search and constrained BO (fixed / linear / exponential / notes' cooling) at 0.2x FLOPs, per seed."""
     from implementations._data import load_dataset
     from implementations._harness import Supervised, evaluate, fit, seed_everything
-    from implementations._measure import accuracy_stats, interleaved_latency, model_row
+    from implementations._measure import accuracy_stats, beats, interleaved_latency, model_row
     from implementations._models import CNN1d
+    from implementations.automl._base import finetune
 
     cfg = Config()
     if ctx.profile == "quick":
         cfg = replace(cfg, iterations=8, n_init=4, candidates=100, cooling_steps=3)
     data = load_dataset("mnist1d", n_train=ctx.n_train)
-    epochs, n_val = ctx.epochs(10), data.n_train // 4
+    epochs, n_val, ft_epochs = ctx.epochs(10), data.n_train // 4, ctx.epochs(2)
     acc: dict[str, list[float]] = {}
+    before: dict[str, list[float]] = {}  # test accuracy of the chosen configuration before fine-tuning
     val: dict[str, list[float]] = {}
     found: dict[str, list[list[int]]] = {}
     feasible_frac: dict[str, list[float]] = {}
@@ -231,6 +233,9 @@ def reproduce(ctx: Any) -> dict[str, Any]:
             best = search.search(np.random.default_rng(seed), method)
             keep = best["keep"] if best else [max(1, math.ceil(cfg.lbound * c)) for c in CHANNELS]
             pruned = search.pruner(keep)
+            before.setdefault(name, []).append(evaluate(pruned, data))
+            seed_everything(seed)
+            finetune(pruned, part, ft_epochs, lr=0.02, seed=seed, device=ctx.device)
             acc.setdefault(name, []).append(evaluate(pruned, data))
             val.setdefault(name, []).append(best["accuracy"] if best else 0.0)
             found.setdefault(name, []).append(keep)
@@ -257,6 +262,7 @@ def reproduce(ctx: Any) -> dict[str, Any]:
     for name, (label, role, _, _) in METHODS.items():
         extra = {
             "search_val_accuracy": mval[name],
+            "accuracy_before_finetune": sum(before[name]) / len(before[name]),
             "feasible_fraction_of_evaluations": sum(feasible_frac[name]) / len(feasible_frac[name]),
             "flops_ratio_seed0": size[name]["flops"] / size["unpruned"]["flops"],
             "channels_all_seeds": "; ".join(str(k) for k in found[name]),
@@ -267,14 +273,19 @@ def reproduce(ctx: Any) -> dict[str, Any]:
     from implementations.architecture._base import save_tradeoff_plot
 
     figure = save_tradeoff_plot(rows, ctx, "constraintaware_chen2018", title="Constraint-aware BO at 0.2x FLOPs")
-    cooled = (mval["bo_linear"], mval["bo_exp"])
-    vs_fixed = [c - mval["bo_fixed"] for c in cooled]
-    if all(d > 0.5 for d in vs_fixed):
-        verdict = "Yes at this scale"
-    elif all(d < -0.5 for d in vs_fixed):
-        verdict = "No at this scale"
+    cooled = ("bo_linear", "bo_exp")
+    vs_fixed = [mval[c] - mval["bo_fixed"] for c in cooled]
+    if all(beats(val[c], val["bo_fixed"]) for c in cooled):
+        verdict = "Yes at this scale (both schedules beat fixed-constraint BO beyond seed noise)"
+    elif all(beats(val["bo_fixed"], val[c]) for c in cooled):
+        verdict = "No at this scale (fixed-constraint BO beats both schedules beyond seed noise)"
     else:
-        verdict = "Not clearly at this scale"
+        verdict = (
+            "Not supported by the evidence at this scale: cooled and fixed-constraint BO are within seed noise of "
+            "each other (or the two schedules disagree), so the gain over random search comes from the BO itself"
+        )
+    bo_wins = {k: beats(val[k], val["random"]) for k in ("bo_fixed", "bo_linear", "bo_exp")}
+    ft_wins = {k: beats(acc[k], acc["random"]) for k in ("bo_fixed", "bo_linear", "bo_exp")}
     g_end = cooling_schedule(cfg.cooling_steps, replace(cfg, cooling="notes"), 1.0, cfg.flops_ratio)
     return {
         "id": "constraintaware_chen2018",
@@ -292,19 +303,26 @@ def reproduce(ctx: Any) -> dict[str, Any]:
             f"evaluations (BO: {cfg.n_init} random, then GP-EI x P(feasible) over {cfg.candidates} random "
             f"candidates; Matern-5/2 ARD GPs on accuracy and log FLOPs ratio, kernel refit every "
             f"{cfg.refit_every}); cooling from p0 = 1 to c over {cfg.cooling_steps} iterations (exponential: "
-            f"lambda {cfg.decay}). Accuracy = test accuracy of the best feasible configuration, not fine-tuned. "
+            f"lambda {cfg.decay}). The best feasible configuration is then fine-tuned {ft_epochs} epochs (SGD lr 0.02 "
+            f"cosine, automl._base.finetune); accuracy = test accuracy after fine-tuning (before: in extra). "
             f"Size columns: seed 0's models; latency batch 1, fastest of 3 interleaved rounds.",
         },
         "rows": rows,
         "claim": {
-            "text": "Constrained Bayesian optimisation with a cooled constraint finds a compressed network that "
-            "meets the resource constraint with higher accuracy than random search with the same number of "
-            "evaluations (here: both the linear and the exponential schedule, held-out accuracy).",
-            "reproduced": all(c > mval["random"] for c in cooled),
-            "evidence": f"best feasible held-out accuracy (mean of {len(ctx.seeds)} seeds): linear cooling "
-            f"{mval['bo_linear']:.2f}, exponential {mval['bo_exp']:.2f}, random search {mval['random']:.2f}; test "
-            f"accuracy {mean['bo_linear']:.2f} / {mean['bo_exp']:.2f} / {mean['random']:.2f} (unpruned "
-            f"{mean['unpruned']:.2f}).",
+            "text": "Constrained Bayesian optimisation finds a compressed network that meets the resource "
+            "constraint with higher accuracy than random search with the same number of evaluations (here: BO "
+            "with the paper's linear cooling, held-out accuracy of the best configuration, paired over seeds, "
+            "gain above one standard error). Whether the cooling itself helps is a separate open question below.",
+            "reproduced": bo_wins["bo_linear"],
+            "evidence": f"best feasible held-out accuracy (mean of {len(ctx.seeds)} seeds): BO linear cooling "
+            f"{mval['bo_linear']:.2f}, exponential {mval['bo_exp']:.2f}, no cooling {mval['bo_fixed']:.2f}, random "
+            f"search {mval['random']:.2f}; beats random beyond seed noise: "
+            + ", ".join(f"{k} {v}" for k, v in bo_wins.items())
+            + f". Test accuracy after {ft_epochs} fine-tuning epochs: linear {mean['bo_linear']:.2f}, exponential "
+            f"{mean['bo_exp']:.2f}, no cooling {mean['bo_fixed']:.2f}, random {mean['random']:.2f} (unpruned "
+            f"{mean['unpruned']:.2f}); beats random after fine-tuning: "
+            + ", ".join(f"{k} {v}" for k, v in ft_wins.items())
+            + ".",
         },
         "answers": [
             {

@@ -42,7 +42,7 @@ __all__ = ["Config", "FilterGroupApproximation", "fga_cost", "fga_decompose", "r
 class Config:
     """Decomposition and fine-tuning settings of the small-scale reproduction."""
 
-    groups: int = 4  # $g$, the method row (the sweep also runs 1, 2 and 8)
+    groups: int = 4  # $g$ of the method row, fixed before any run (the sweep also runs 1, 2 and 8)
     flops_fraction: float = 0.2  # decomposed layers keep this share of their FLOPs ("over 80%" removed, abstract)
     finetune_epochs: int = 3  # fine-tuning after the fit
     finetune_lr: float = 0.01  # peak lr of the fine-tuning
@@ -143,7 +143,7 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
     with g in {1, 4}), fine-tune each the same way, and compare with the channel-wise SVD (g = 1)."""
     from implementations._data import load_dataset
     from implementations._harness import evaluate, seed_everything
-    from implementations._measure import accuracy_stats
+    from implementations._measure import accuracy_stats, beats
     from implementations.low_rank._base import base_cnn, finetune, save_tradeoff_plot, size_columns
 
     cfg = Config()
@@ -181,6 +181,8 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
             dict(name=name, label=label, role=role, accuracy=accuracy_stats(acc[name]), extra=extra, **cols[name])
         )
     stats = {row["name"]: row["accuracy"] for row in rows}
+    slow = {row["name"]: row["latency_ms"] for row in rows}
+    slow256 = {row["name"]: row["extra"]["latency_ms_b256"] for row in rows}
     mean = {name: s["mean"] for name, s in stats.items()}
     method, cut = f"g{cfg.groups}", 1 - share[f"g{cfg.groups}"]
     sweep = "; ".join(
@@ -218,15 +220,19 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
         "rows": rows,
         "claim": {
             "text": "Approximating each conv by a group conv plus a 1x1 conv removes over 80% of the FLOPs with a "
-            "smaller accuracy drop than channel-wise low-rank decomposition.",
-            "reproduced": bool(mean[method] > mean["g1"] and cut >= 0.8),
+            "smaller accuracy drop than channel-wise low-rank decomposition (here: g = 4, fixed before running, "
+            "against g = 1 after the same fine-tuning; paired over seeds, gain above one standard error).",
+            "reproduced": bool(beats(acc[method], acc["g1"]) and cut >= 0.8),
             "evidence": f"g={cfg.groups}: {mean[method]:.2f} +- {stats[method]['std']:.2f}% vs channel-wise SVD "
             f"{mean['g1']:.2f} +- {stats['g1']['std']:.2f}% after fine-tuning (original {mean['original']:.2f}%), "
             f"{cut:.1%} of the decomposed convs' FLOPs removed; at <= {TIGHT[0]:.0%} of the FLOPs: {tight}"
+            + f"; g={cfg.groups} beats SVD beyond seed noise: {beats(acc[method], acc['g1'])}. CPU latency at batch 1: "
+            f"g={cfg.groups} {slow[method]:.3f} ms vs SVD {slow['g1']:.3f} ms "
+            f"({slow[method] / slow['g1']:.2f}x; batch 256: {slow256[method] / slow256['g1']:.2f}x): "
             + (
-                " (gaps within the seed std)."
-                if abs(mean[method] - mean["g1"]) < max(stats[method]["std"], stats["g1"]["std"])
-                else "."
+                "the group approximation is slower on CPU despite equal FLOPs."
+                if slow[method] > slow["g1"]
+                else "no CPU slowdown."
             ),
         },
         "answers": [

@@ -31,7 +31,7 @@ from implementations.low_rank._base import ceil_log2, conv_layers, replace_modul
 if TYPE_CHECKING:
     from implementations._harness import RunContext
 
-__all__ = ["Config", "KernelClustering", "cluster_kernels", "kmeans", "reproduce", "storage_bytes"]
+__all__ = ["Config", "KernelClustering", "cluster_kernels", "kmeans", "recalibrate_bn", "reproduce", "storage_bytes"]
 
 
 @dataclass(frozen=True)
@@ -131,6 +131,26 @@ def cluster_kernels(model: nn.Module, num_clusters: int, iters: int = 30, seed: 
     return model
 
 
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, x: Tensor, batch_size: int = 256) -> nn.Module:
+    """Re-estimate every BatchNorm's running mean and variance on inputs `x` (cumulative average), in place.
+
+    Clustering changes every conv's output statistics, so the BN statistics of the original network are stale.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(m.momentum, m.training) for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average over the passes below
+        m.train()
+    for start in range(0, len(x), batch_size):
+        model(x[start : start + batch_size])
+    for m, (momentum, training) in zip(norms, saved, strict=True):
+        m.momentum = momentum
+        m.train(training)
+    return model
+
+
 def storage_bytes(model: nn.Module) -> int:
     """Bytes of a (possibly clustered) model: clustered layers by `storage_bits`, other parameters as fp32."""
     clustered = [m for m in model.modules() if isinstance(m, KernelClustering)]
@@ -166,7 +186,8 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
     names = ["original", "original_ft", *[f"k{k}" for k in CLUSTERS]]
     acc: dict[str, list[float]] = {name: [] for name in names}
     train_acc: dict[str, list[float]] = {name: [] for name in names}
-    before: dict[str, list[float]] = {f"k{k}": [] for k in CLUSTERS}
+    before: dict[str, list[float]] = {f"k{k}": [] for k in CLUSTERS}  # after clustering + BN recalibration
+    stale: dict[str, list[float]] = {f"k{k}": [] for k in CLUSTERS}  # after clustering, original BN statistics
     kept: dict[str, nn.Module] = {}
     for seed in ctx.seeds:
         seed_everything(seed)
@@ -177,6 +198,8 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
         variants.update({f"k{k}": cluster_kernels(base, k, cfg.kmeans_iters, seed) for k in CLUSTERS})
         for name, model in variants.items():
             if name in before:
+                stale[name].append(evaluate(model, data))
+                recalibrate_bn(model.train(), data.x_train).eval()
                 before[name].append(evaluate(model, data))
             acc[name].append(finetune(model, data, ctx, ft_epochs, cfg.finetune_lr, seed, optimizer="adamw"))
             train_acc[name].append(evaluate(model, data, split="train"))
@@ -185,13 +208,22 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
 
     dense = storage_bytes(kept["original"])
     rows = []
+    measured = size_columns({name: kept[name] for name in names}, data.input_shape, ctx)  # interleaved latency
     for name in names:
-        cols = size_columns({name: kept[name]}, data.input_shape, ctx, latency=False)[name]
+        cols = measured[name]
         k = int(name[1:]) if name.startswith("k") else None
         cols["bytes"] = storage_bytes(kept[name])
-        extra = {"compression": dense / cols["bytes"], "train_accuracy": accuracy_stats(train_acc[name])["mean"]}
+        extra = {
+            **cols.pop("extra", {}),
+            "compression": dense / cols["bytes"],
+            "train_accuracy": accuracy_stats(train_acc[name])["mean"],
+        }
         if k is not None:
-            extra.update(clusters_per_layer=float(k), accuracy_before_finetune=accuracy_stats(before[name])["mean"])
+            extra.update(
+                clusters_per_layer=float(k),
+                accuracy_before_finetune=accuracy_stats(before[name])["mean"],
+                accuracy_before_finetune_stale_bn=accuracy_stats(stale[name])["mean"],
+            )
         label = {"original": "Original cnn2d", "original_ft": f"Original + {ft_epochs} more epochs"}.get(
             name, f"K={k} shared kernels per layer + fine-tune"
         )

@@ -11,6 +11,8 @@ or function may define its own `smoke_task()`; a plain score function gets a tin
 
 from __future__ import annotations
 
+import copy
+import math
 from collections.abc import Callable, Iterable
 
 import torch
@@ -27,6 +29,7 @@ __all__ = [
     "layer_masks",
     "prunable_layers",
     "remove_masks",
+    "size_rows",
     "smoke_task",
     "sparsity",
     "topk_mask",
@@ -49,7 +52,8 @@ def topk_mask(scores: Tensor, sparsity: float) -> Tensor:
     if not 0.0 <= sparsity <= 1.0:
         raise ValueError(f"sparsity must be in [0, 1], got {sparsity}")
     flat = scores.detach().flatten()
-    n_prune = int(sparsity * flat.numel())
+    # floor with a tolerance: 0.29 * 100 is 28.999999999999996 in floating point and must give 29
+    n_prune = math.floor(sparsity * flat.numel() + 1e-9)
     mask = torch.ones_like(flat)
     if n_prune > 0:
         # stable sort: among equal scores the lower index is pruned first, so the count is exact
@@ -71,35 +75,46 @@ def _weight(module: nn.Module) -> Tensor:
 def layer_masks(
     layers: Iterable[tuple[str, nn.Module]], score_fn: ScoreFn, sparsity: float, use_grad: bool = False
 ) -> dict[str, Tensor]:
-    """Prune each layer to `sparsity` on its own (local masking); already-pruned weights stay pruned."""
+    """Prune each layer to `sparsity` on its own (local masking); already-pruned weights stay pruned.
+
+    If `sparsity` is below a layer's current sparsity, the old mask is kept as it is (masks never grow back).
+    """
     masks = {}
     for name, module in layers:
         weight = _weight(module)
         scores = score_fn(weight.detach(), weight.grad if use_grad else None)
         old = getattr(module, "weight_mask", None)
-        if old is not None:
-            scores = torch.where(old.bool(), scores, torch.full_like(scores, -torch.inf))  # masks only shrink
-        masks[name] = topk_mask(scores, sparsity)
+        mask = topk_mask(_exclude_pruned(scores, old), sparsity)
+        masks[name] = mask if old is None else mask * old.to(mask.dtype)  # masks only shrink
     return masks
+
+
+def _exclude_pruned(scores: Tensor, old: Tensor | None) -> Tensor:
+    r"""Scores with already-pruned entries set to $-\infty$, so they are the first to be pruned again."""
+    if old is None:
+        return scores
+    return torch.where(old.bool(), scores, torch.full_like(scores, -torch.inf))
 
 
 def global_masks(
     layers: Iterable[tuple[str, nn.Module]], score_fn: ScoreFn, sparsity: float, use_grad: bool = False
 ) -> dict[str, Tensor]:
-    """One threshold across all layers (global masking): scores compete across layers."""
+    """One threshold across all layers (global masking): scores compete across layers.
+
+    Already-pruned weights stay pruned, also when `sparsity` is below the current one.
+    """
     layers = list(layers)
     all_scores = []
     for _, module in layers:
         weight = _weight(module)
         scores = score_fn(weight.detach(), weight.grad if use_grad else None)
-        old = getattr(module, "weight_mask", None)
-        if old is not None:
-            scores = torch.where(old.bool(), scores, torch.full_like(scores, -torch.inf))
-        all_scores.append(scores.flatten())
+        all_scores.append(_exclude_pruned(scores, getattr(module, "weight_mask", None)).flatten())
     mask = topk_mask(torch.cat(all_scores), sparsity)
     out, start = {}, 0
     for (name, module), scores in zip(layers, all_scores, strict=True):
-        out[name] = mask[start : start + scores.numel()].view_as(_weight(module))
+        layer_mask = mask[start : start + scores.numel()].view_as(_weight(module))
+        old = getattr(module, "weight_mask", None)
+        out[name] = layer_mask if old is None else layer_mask * old.to(layer_mask.dtype)
         start += scores.numel()
     return out
 
@@ -128,6 +143,40 @@ def sparsity(model: nn.Module) -> float:
         total += module.weight.numel()
         zeros += int((module.weight == 0).sum())
     return zeros / max(1, total)
+
+
+def _folded(model: nn.Module) -> nn.Module:
+    """A copy of `model` with every `torch.nn.utils.prune` mask folded into its parameter (same outputs)."""
+    model = copy.deepcopy(model)
+    for module in model.modules():
+        for hook in list(module._forward_pre_hooks.values()):
+            if isinstance(hook, prune.BasePruningMethod):
+                prune.remove(module, hook._tensor_name)
+    return model
+
+
+def size_rows(
+    models: dict[str, nn.Module], input_shape: tuple[int, ...] | list[int], profile: str = "default"
+) -> dict[str, dict]:
+    """Per model, `_measure.model_row` (bytes = min(dense fp32, sparse value + int32 index)) with CPU latency at batch
+    1 (`latency_ms`) and batch 256 (`extra["latency_ms_batch256"]`), plus `extra["sparse_bytes"]`.
+
+    Latencies are the fastest of interleaved rounds over all `models` (`_measure.interleaved_latency`), so rows are
+    timed under the same conditions on a shared CPU; the quick profile uses one round.
+    """
+    from implementations._measure import interleaved_latency, model_row, sparse_bytes
+
+    rounds = 1 if profile == "quick" else 3
+    folded = {name: _folded(model) for name, model in models.items()}  # no mask hooks in the timed forward pass
+    single = interleaved_latency(folded, input_shape, rounds=rounds)
+    batched = interleaved_latency(folded, input_shape, batch_size=256, rounds=rounds)
+    rows = {}
+    for name, model in models.items():
+        row = model_row(model, input_shape)
+        row["latency_ms"] = single[name]
+        row["extra"] = {"latency_ms_batch256": batched[name], "sparse_bytes": sparse_bytes(model)}
+        rows[name] = row
+    return rows
 
 
 def smoke_task(entrypoint: object, batch_size: int = 8, num_classes: int = 10, seed: int = 0):

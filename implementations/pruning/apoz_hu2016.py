@@ -24,7 +24,8 @@ from torch import Tensor, nn
 
 from implementations._harness import Supervised
 from implementations._models import build_model
-from implementations.pruning.l1filter_li2017 import channel_units, keep_top, prune_channels, size_row
+from implementations.pruning._base import size_rows
+from implementations.pruning.l1filter_li2017 import channel_units, keep_top, prune_channels
 
 if TYPE_CHECKING:
     from implementations._data import TensorData
@@ -166,6 +167,11 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
 
     labels = {"apoz": "trim by APoZ", "weight": "trim by weight norm", "random": "trim at random"}
     rows = []
+    # every row timed together (interleaved rounds), each architecture on its own input shape
+    timed = {}
+    for arch in ("mlp", "cnn2d"):
+        keys = [f"{arch}_dense", *(f"{arch}_{c}" for c in CRITERIA)]
+        timed.update(size_rows({k: final[k] for k in keys}, data.input_shape, ctx.profile))
     for arch, name in (("mlp", "MLP 64-256-256-10"), ("cnn2d", "CNN2d with BN")):
         rounds = cfg.rounds if arch == "mlp" else 1
         rows.append(
@@ -173,7 +179,7 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
                 name=f"{arch}_dense",
                 label=f"{name}, dense",
                 role="baseline",
-                **size_row(final[f"{arch}_dense"], data.input_shape, ctx.profile),
+                **timed[f"{arch}_dense"],
             )
         )
         for criterion in CRITERIA:
@@ -183,7 +189,7 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
                     name=f"{arch}_{criterion}",
                     label=f"{name}, {labels[criterion]} x{rounds}",
                     role=role,
-                    **size_row(final[f"{arch}_{criterion}"], data.input_shape, ctx.profile),
+                    **timed[f"{arch}_{criterion}"],
                 )
             )
     for row in rows:

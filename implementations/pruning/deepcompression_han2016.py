@@ -51,6 +51,7 @@ __all__ = [
     "pack_bits",
     "relative_indices",
     "reproduce",
+    "stream_bytes",
 ]
 
 
@@ -179,6 +180,23 @@ def huffman_encode(symbols: list[int]) -> tuple[bytes, int, dict[int, int]]:
     return pack_bits(bits), len(bits), lengths
 
 
+STREAM_HEADER_BYTES = 1 + 4  # per stored stream: a format flag (Huffman or fixed width) and a uint32 symbol count
+
+
+def stream_bytes(symbols: list[int], symbol_bits: int) -> int:
+    r"""Stored size of one symbol stream: the smaller of its Huffman coding and its fixed-width coding, plus a header.
+
+    The Huffman form counts its full table: for every symbol present, its id ($\lceil b/8 \rceil$ bytes) and its
+    code length (1 byte), from which the canonical code is rebuilt. The fixed form stores $b$ bits per symbol.
+    Either way the stream carries `STREAM_HEADER_BYTES` (format flag + symbol count), so a decoder can split the
+    layers' streams and knows which form it reads.
+    """
+    fixed = math.ceil(len(symbols) * symbol_bits / 8)
+    payload, _, lengths = huffman_encode(symbols)
+    table = len(lengths) * (math.ceil(symbol_bits / 8) + 1)
+    return STREAM_HEADER_BYTES + min(fixed, len(payload) + table)
+
+
 def huffman_decode(payload: bytes, n_bits: int, lengths: dict[int, int]) -> list[int]:
     """Inverse of `huffman_encode`."""
     decode = {code: symbol for symbol, code in _canonical_codes(lengths).items()}
@@ -257,8 +275,9 @@ class DeepCompression(nn.Module):
         r"""Real byte counts of the quantized model's storage after each stage: dense, pruned, quantized, Huffman.
 
         Every stage also stores the fp32 biases; the pruned stage stores each stored entry as fp32 value + $b$-bit
-        gap, the quantized one as $\log_2 k$-bit code + $b$-bit gap plus the fp32 codebook, the Huffman one
-        Huffman-codes the two streams separately and adds one code-length byte per symbol of each table.
+        gap, the quantized one as $\log_2 k$-bit code + $b$-bit gap plus the fp32 codebook (each with a 4-byte entry
+        count per layer), the Huffman one stores the code and gap streams separately, each as the smaller of its
+        Huffman coding (with the full table) and its fixed-width coding, plus a flag and count (`stream_bytes`).
         """
         modules = dict(self.model.named_modules())
         cfg = self.cfg
@@ -274,12 +293,12 @@ class DeepCompression(nn.Module):
             pruned = "".join(format(v & 0xFFFFFFFF, "032b") + g for v, g in zip(value_bits, gap_bits, strict=True))
             shared = "".join(format(c, f"0{cfg.weight_bits}b") + g for c, g in zip(symbols, gap_bits, strict=True))
             codebook = 4 * self.centroids[_key(name)].numel()
-            weight_stream, _, weight_table = huffman_encode(symbols)
-            gap_stream, _, gap_table = huffman_encode(gap_codes)
             sizes["dense"] += 4 * weight.numel()
-            sizes["pruned"] += len(pack_bits(pruned))
-            sizes["quantized"] += len(pack_bits(shared)) + codebook
-            sizes["huffman"] += len(weight_stream) + len(gap_stream) + len(weight_table) + len(gap_table) + codebook
+            sizes["pruned"] += 4 + len(pack_bits(pruned))  # uint32 entry count + the stream
+            sizes["quantized"] += 4 + len(pack_bits(shared)) + codebook
+            sizes["huffman"] += (
+                stream_bytes(symbols, cfg.weight_bits) + stream_bytes(gap_codes, cfg.index_bits) + codebook
+            )
         return sizes
 
     @classmethod
@@ -327,7 +346,7 @@ def _pipeline(data: Any, hidden: tuple[int, ...], cfg: Config, ctx: RunContext, 
 def reproduce(ctx: RunContext) -> dict[str, Any]:
     """Deep Compression of LeNet-300-100 (and of a compact 64-32-16 MLP) on digits, over `ctx.seeds`."""
     from implementations._data import load_dataset
-    from implementations._measure import accuracy_stats, model_row
+    from implementations._measure import accuracy_stats, interleaved_latency, model_row
     from implementations._models import MLP
 
     threads = torch.get_num_threads()
@@ -352,10 +371,20 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
             "quantized": "+ k-means sharing, no fine-tune",
             "final": "Deep Compression (fine-tuned centroids + Huffman)",
         }
+        # latency (batch 1, fastest of 3 interleaved rounds): every stage runs dense kernels, the compressed ones on
+        # the decoded weights C[I] with their zeros, so only the architecture matters
+        timed = {}
+        for net, hidden in nets.items():
+            timed[f"{net}_dense"] = MLP(64, data.num_classes, hidden=hidden)
+            timed[f"{net}_compressed"] = runs[net][0]["model"].model
+        latency = interleaved_latency(timed, data.input_shape, rounds=3)
         for net, hidden in nets.items():
             first = runs[net][0]
-            dense_cols = model_row(MLP(64, data.num_classes, hidden=hidden), data.input_shape)
-            sparse_cols = model_row(first["model"].model, data.input_shape)
+            dense_cols = {**model_row(timed[f"{net}_dense"], data.input_shape), "latency_ms": latency[f"{net}_dense"]}
+            sparse_cols = {
+                **model_row(first["model"].model, data.input_shape),
+                "latency_ms": latency[f"{net}_compressed"],
+            }
             arch = f"MLP 64-{'-'.join(map(str, hidden))}-10"
             for stage, size_key in stages:
                 cols = dense_cols if stage == "dense" else sparse_cols

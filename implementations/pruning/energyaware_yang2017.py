@@ -322,6 +322,10 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
             variants[name] = cache[key]
         variants["magnitude"] = global_magnitude_prune(dense, accuracy, cfg)[0]
         for name, model in variants.items():
+            if name != "dense":  # the first seed's pruned nets before fine-tuning, for their size/latency columns
+                frozen = copy.deepcopy(model)
+                remove_masks(frozen)
+                kept.setdefault(f"pre_{name}", frozen)
             acc.setdefault(name, []).append(evaluate(model, data))
             for hw, em in HARDWARE.items():
                 energy.setdefault(name, {}).setdefault(hw, []).append(sum(em.energies(model, shape).values()))
@@ -378,8 +382,9 @@ def _result(
     rows = []
     for name, (label, role, e_key, size_key) in specs.items():
         nnz = round(sum(nonzero[e_key]) / len(nonzero[e_key]))
-        cols = sizes[size_key] if size_key else {**sizes["dense"], "latency_ms": None}
+        cols = sizes[size_key] if size_key else sizes[f"pre_{e_key}"]
         cols = {**cols, "nonzero_params": nnz + cols["params"] - n_weights}  # pruned weights + BN and biases
+        cols["bytes"] = min(4 * cols["params"], 8 * cols["nonzero_params"])  # _measure.model_row's rule
         extra = {"energy_eyeriss": rel(e_key), "energy_on_chip": rel(e_key, "weights_on_chip")}
         if size_key:
             extra["sparse_bytes"] = float(sparse_bytes(kept[size_key]))

@@ -117,7 +117,7 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
     from implementations._harness import evaluate, fit, seed_everything
     from implementations._measure import accuracy_stats
     from implementations._models import build_model
-    from implementations.pruning.l1filter_li2017 import size_row
+    from implementations.pruning._base import size_rows
 
     if ctx.device == "cpu":
         torch.set_num_threads(1)  # tiny models: one thread avoids oversubscription on a shared CPU
@@ -176,9 +176,8 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
                 scan.setdefault((names[name], s), []).append(evaluate(probe, data))
         layer_sizes = {names[name]: module.weight.numel() for name, module in layers}
 
-    dense_cols = size_row(dense["l2"], data.input_shape, ctx.profile)
-    pruned_cols = size_row(dense["pruned"], data.input_shape, ctx.profile)
-    hard_cols = size_row(dense["pruned_hard"], data.input_shape, ctx.profile)
+    timed = size_rows({k: dense[k] for k in ("l2", "pruned", "pruned_hard")}, data.input_shape, ctx.profile)
+    dense_cols, pruned_cols, hard_cols = timed["l2"], timed["pruned"], timed["pruned_hard"]
     s90, s97 = ("/".join(f"{100 * s:g}" for s in target) + "%" for target in (cfg.final_sparsity, cfg.harder_sparsity))
     rows = [
         dict(name="dense_l2", label="Dense MLP (L2)", role="baseline", **dense_cols),

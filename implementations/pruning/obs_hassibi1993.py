@@ -287,7 +287,7 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
     """
     from implementations._data import load_dataset
     from implementations._harness import Supervised, evaluate, fit, seed_everything
-    from implementations._measure import accuracy_stats, model_row
+    from implementations._measure import accuracy_stats, interleaved_latency, model_row
     from implementations._models import MLP
 
     threads = torch.get_num_threads()
@@ -309,6 +309,7 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
         stats: dict[tuple[str, float], list[tuple[float, float, float]]] = {}  # (ce, train err, test acc)
         reach: dict[str, list[float]] = {}
         seconds: dict[str, float] = {}
+        kept_models: dict[str, nn.Module] = {}  # the last seed's pruned nets at the reported sparsities, for sizes
 
         def new_mlp() -> MLP:
             return MLP(64, data.num_classes, hidden=(hidden,))
@@ -318,6 +319,7 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
             model = new_mlp()
             fit(Supervised(model), model.parameters(), data, epochs, lr=0.1, batch_size=64, seed=seed, progress=False)
             dense = (*_train_stats(model, data.x_train, data.y_train), evaluate(model, data))
+            kept_models["dense"] = model
             stats.setdefault(("dense", 0.0), []).append(dense)
             prunable = OBS(model, cfg).prunable()
             n_weights = int(prunable.sum())
@@ -343,6 +345,8 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
                     vector_to_parameters(snap.float(), pruned.parameters())
                     ce, err = _train_stats(pruned, data.x_train, data.y_train)
                     stats.setdefault((name, s), []).append((ce, err, evaluate(pruned, data)))
+                    if s in report:
+                        kept_models[f"{name}_s{round(100 * s)}"] = pruned
                     admissible = admissible and err <= dense[1] + cfg.tolerance  # stop at the first miss
                     best = s if admissible else best
                 reach.setdefault(name, []).append(best)
@@ -351,8 +355,12 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
             return sum(v[i] for v in stats[key]) / len(stats[key])
 
         mean_reach = {k: sum(v) / len(v) for k, v in reach.items()}
-        dense_cols = model_row(new_mlp(), data.input_shape)
-        n_bias = dense_cols["params"] - n_weights
+        # bytes follow _measure.model_row: min(dense fp32, fp32 value + int32 index per non-zero); the pruned nets
+        # still run dense kernels, so their latency is the dense net's (measured, interleaved, to show it)
+        size = {name: model_row(m, data.input_shape) for name, m in kept_models.items()}
+        for name, ms in interleaved_latency(kept_models, data.input_shape, rounds=3).items():
+            size[name]["latency_ms"] = ms
+        dense_cols = size["dense"]
         rows = [
             dict(
                 name="dense",
@@ -364,15 +372,13 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
             )
         ]
         for s in report:
-            kept = n_weights - int(s * n_weights) + n_bias
-            cols = {**dense_cols, "nonzero_params": kept, "bytes": kept * 8}  # fp32 value + int32 index
             for name, (label, role, _, _) in variants.items():
                 rows.append(
                     dict(
                         name=f"{name}_s{round(100 * s)}",
                         label=f"{label}, {100 * s:.0f}% deleted",
                         role=role,
-                        **cols,
+                        **size[f"{name}_s{round(100 * s)}"],
                         accuracy=accuracy_stats([v[2] for v in stats[(name, s)]]),
                         extra={
                             "sparsity": s,
@@ -394,8 +400,20 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
             for s in report
         )
         s80, s90 = report
-        sel_gain = mean(("obd_update", s80), 0) - mean(("obs", s80), 0)
-        upd_gain = mean(("obs_noupdate", s80), 0) - mean(("obs", s80), 0)
+        sel_gain = {s: mean(("obd_update", s), 0) - mean(("obs", s), 0) for s in report}
+        upd_gain = {s: mean(("obs_noupdate", s), 0) - mean(("obs", s), 0) for s in report}
+        update_first = [s for s in report if upd_gain[s] > sel_gain[s]]
+        if len(update_first) == len(report):
+            update_verdict = "Yes, at both sparsities"
+        elif not update_first:
+            update_verdict = "No, at neither sparsity"
+        else:
+            update_verdict = (
+                "It depends on the sparsity: yes at "
+                + " and ".join(f"{100 * s:.0f}%" for s in update_first)
+                + ", no at "
+                + " and ".join(f"{100 * s:.0f}%" for s in report if s not in update_first)
+            )
         cost = (seconds["hessian"] + seconds["obs"]) / max(1e-9, seconds["hessian"] + seconds["obd"])
         return {
             "id": "obs_hassibi1993",
@@ -411,7 +429,9 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
                 f"are corrected by the OBS update); Gauss-Newton Hessian of the training CE over all training "
                 f"examples, damping {cfg.damping}, computed once at the trained weights and conditioned after "
                 f"each deletion; 'within tolerance' = training error at most {cfg.tolerance} points above the "
-                f"dense net's; sparse sizes count fp32 value + int32 index per non-zero; 1 CPU thread.",
+                f"dense net's; size columns are _measure.model_row of the last seed's pruned nets (bytes = min(dense "
+                f"fp32, fp32 value + int32 index per non-zero)); latency: batch 1, fastest of 3 interleaved rounds, "
+                f"dense kernels (unstructured zeros do not speed them up); 1 CPU thread.",
             },
             "rows": rows,
             "claim": {
@@ -443,10 +463,12 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
                 {
                     "question": "Does the weight-update step after each deletion matter more than the choice of "
                     "which weight to delete?",
-                    "answer": ("Yes" if upd_gain > sel_gain else "No")
-                    + f": at {100 * s80:.0f}% deleted, removing the update from OBS raises the training CE by "
-                    f"{upd_gain:.3f}, while choosing the weights by OBD instead of OBS (keeping the update) raises "
-                    f"it by {sel_gain:.3f}.",
+                    "answer": update_verdict
+                    + ": removing the update from OBS raises the training CE by "
+                    + ", ".join(f"{upd_gain[s]:.3f} at {100 * s:.0f}% deleted" for s in report)
+                    + ", while choosing the weights by OBD instead of OBS (keeping the update) raises it by "
+                    + ", ".join(f"{sel_gain[s]:.3f} at {100 * s:.0f}%" for s in report)
+                    + " (a negative value means the change lowers it).",
                     "evidence": "; ".join(
                         f"{100 * s:.0f}%: OBS {mean(('obs', s), 0):.3f}, OBS without update "
                         f"{mean(('obs_noupdate', s), 0):.3f}, OBD + update {mean(('obd_update', s), 0):.3f}, OBD "

@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from implementations._models import build_model
-from implementations.pruning.l1filter_li2017 import channel_units, keep_top, prune_channels, size_row
+from implementations.pruning._base import size_rows
+from implementations.pruning.l1filter_li2017 import channel_units, keep_top, prune_channels
 
 if TYPE_CHECKING:
     from implementations._harness import RunContext
@@ -107,9 +108,18 @@ class NetworkSlimming(nn.Module):
         penalty = self.cfg.sparsity * scale_penalty(self.gammas(), self.cfg.penalty)
         return logits, {"ce": F.cross_entropy(logits, y), "gamma_penalty": penalty}
 
-    def prune(self, fraction: float | None = None, random: torch.Generator | None = None) -> nn.Module:
-        r"""The slim copy without the channels below the global $|\gamma|$ percentile (or as many random ones)."""
-        keep = slimming_keep(self.gammas(), self.cfg.prune_fraction if fraction is None else fraction)
+    def prune(
+        self, fraction: float | None = None, random: torch.Generator | None = None, counts: list[int] | None = None
+    ) -> nn.Module:
+        r"""The slim copy without the channels below the global $|\gamma|$ percentile (or as many random ones).
+
+        With `counts`, each layer instead keeps its own `counts[l]` largest $|\gamma|$ (per-layer counts fixed from
+        outside, e.g. to compare penalties at the same architecture).
+        """
+        if counts is not None:
+            keep = [keep_top(g.abs(), c) for g, c in zip(self.gammas(), counts, strict=True)]
+        else:
+            keep = slimming_keep(self.gammas(), self.cfg.prune_fraction if fraction is None else fraction)
         if random is not None:  # same per-layer counts, random channels
             keep = [
                 torch.randperm(g.numel(), generator=random)[: len(k)].sort().values
@@ -137,7 +147,7 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
 
     from implementations._data import load_dataset
     from implementations._harness import evaluate, fit, seed_everything
-    from implementations._measure import accuracy_stats
+    from implementations._measure import accuracy_stats, beats
     from implementations._runner import save_accuracy_plot
 
     if ctx.device == "cpu":
@@ -152,7 +162,8 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
     slim: dict[str, nn.Module] = {}
     near_zero: dict[str, list[float]] = {}
     for seed in ctx.seeds:
-        for penalty in ("none", "l1", "l2"):
+        l1_counts: list[int] = []  # per-layer channels the L1 run keeps: the other penalties get the same counts
+        for penalty in ("l1", "none", "l2"):
             seed_everything(seed)
             task = NetworkSlimming(
                 build_model("cnn2d", data.num_classes, data.input_shape, cfg.width), replace(cfg, penalty=penalty)
@@ -165,8 +176,11 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
             if penalty == "none":
                 slim["dense"] = task.model
             if penalty == "l1":
+                l1_counts = [n.num_features for _, n in channel_units(variants["l1"])[0] if n is not None]
                 variants["random"] = task.prune(random=torch.Generator().manual_seed(seed))
                 acc.setdefault("l1_no_finetune", []).append(evaluate(variants["l1"], data))
+            else:  # the L1 run's architecture, each layer keeping its own largest |gamma|
+                variants[f"{penalty}_eq"] = task.prune(counts=l1_counts)
             for name, model in variants.items():
                 fit(
                     NetworkSlimming(model, replace(cfg, penalty="none")),
@@ -179,7 +193,7 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
                 acc.setdefault(f"slim_{name}", []).append(evaluate(model, data))
                 slim[name] = model
 
-    cols = {name: size_row(model, data.input_shape, ctx.profile) for name, model in slim.items()}
+    cols = size_rows(slim, data.input_shape, ctx.profile)  # all rows timed together (interleaved)
     p = f"{100 * cfg.prune_fraction:g}%"
     rows = [
         dict(name="trained_none", label="Dense CNN2d (no penalty)", role="baseline", **cols["dense"]),
@@ -188,6 +202,8 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
         dict(name="slim_random", label=f"L1-trained, random {p} + FT", role="ablation", **cols["random"]),
         dict(name="slim_none", label=f"No penalty, gamma {p} + FT", role="ablation", **cols["none"]),
         dict(name="slim_l2", label=f"L2 on gamma, {p} + FT", role="ablation", **cols["l2"]),
+        dict(name="slim_none_eq", label="No penalty, L1's per-layer counts + FT", role="ablation", **cols["none_eq"]),
+        dict(name="slim_l2_eq", label="L2 on gamma, L1's per-layer counts + FT", role="ablation", **cols["l2_eq"]),
         dict(name="trained_l1", label="Dense, L1-trained (unpruned)", role="ablation", **cols["dense"]),
     ]
     dense_cols = cols["dense"]
@@ -199,8 +215,22 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
     method = next(r for r in rows if r["name"] == "slim_l1")
     params_x = dense_cols["params"] / method["params"]
     flops_x = dense_cols["flops"] / method["flops"]
-    order = sorted(("l1", "l2", "none"), key=lambda k: -mean[f"slim_{k}"])
-    ranked = ", ".join(f"{mean['slim_' + k]:.1f}%" for k in order)
+    # penalties compared at the same per-layer channel counts (the global threshold empties whole layers when the
+    # scales are not sparse, which confounds the ranking of the global-threshold rows)
+    eq = {"l1": "slim_l1", "l2": "slim_l2_eq", "none": "slim_none_eq"}
+    order = sorted(eq, key=lambda k: -mean[eq[k]])
+    ranked = ", ".join(f"{k.upper()} {mean[eq[k]]:.1f}%" for k in order)
+    l1_wins = {k: beats(acc["slim_l1"], acc[eq[k]]) for k in ("l2", "none")}
+    if all(l1_wins.values()):
+        l1_verdict = "L1 is the better choice here (beyond seed noise against both)"
+    elif any(beats(acc[eq[k]], acc["slim_l1"]) for k in ("l2", "none")):
+        l1_verdict = "L1 is not the better choice here: another penalty beats it beyond seed noise"
+    else:
+        l1_verdict = (
+            "Inconclusive at this scale: at equal per-layer counts L1 does not beat "
+            + " and ".join(k.upper() for k, won in l1_wins.items() if not won)
+            + " beyond seed noise"
+        )
     return {
         "id": "slimming_liu2017",
         "protocol": {
@@ -231,22 +261,26 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
                 "question": "The notes record (for Han et al.) that L2 beat L1 for weight pruning with retraining; is "
                 "L1 on the batch-norm scale factors really the better choice for channel pruning, or would an L2 or "
                 "no penalty rank channels just as well?",
-                "answer": ("L1 is the better choice here" if order[0] == "l1" else "L1 is not the best choice here")
-                + f": after fine-tuning the ranking was {' > '.join(k.upper() for k in order)} ({ranked}); L1 drove "
-                f"{zero['l1']:.0f}% of the scales below 5% of the largest, versus {zero['l2']:.0f}% (L2) and "
-                f"{zero['none']:.0f}% (none).",
-                "evidence": f"prune {p} by |gamma| + fine-tune: L1 {mean['slim_l1']:.2f}% ({cols['l1']['params']} "
-                f"params left), L2 {mean['slim_l2']:.2f}% ({cols['l2']['params']}), none {mean['slim_none']:.2f}% "
-                f"({cols['none']['params']}; the global threshold empties whole layers when the scales are not "
-                f"sparse); unpruned: L1-trained {mean['trained_l1']:.2f}%, plain {mean['trained_none']:.2f}%.",
+                "answer": l1_verdict
+                + f": with every penalty cut to the L1 run's per-layer channel counts and fine-tuned alike, the "
+                f"ranking was {ranked}; L1 drove {zero['l1']:.0f}% of the scales below 5% of the largest, versus "
+                f"{zero['l2']:.0f}% (L2) and {zero['none']:.0f}% (none). With one global threshold instead, the "
+                "comparison is confounded: without a sparse penalty the threshold can empty whole layers.",
+                "evidence": f"equal per-layer counts, prune by |gamma| + fine-tune: L1 {mean['slim_l1']:.2f}%, L2 "
+                f"{mean['slim_l2_eq']:.2f}%, none {mean['slim_none_eq']:.2f}% ({cols['l1']['params']} params each); "
+                f"global threshold: L2 {mean['slim_l2']:.2f}% ({cols['l2']['params']} params left), none "
+                f"{mean['slim_none']:.2f}% ({cols['none']['params']}); unpruned: L1-trained "
+                f"{mean['trained_l1']:.2f}%, plain {mean['trained_none']:.2f}%.",
             },
             {
                 "question": "Is a small scale factor a reliable sign that a channel is unimportant, given that the "
                 "following layer can rescale it (the objection raised by Ye et al. 2018, also in these notes)?",
                 "answer": (
-                    "Yes at our scale: removing the smallest-gamma channels beat removing random channels"
-                    if mean["slim_l1"] > mean["slim_random"]
-                    else "Not at our scale: random channels did as well as the smallest-gamma ones"
+                    "Yes at our scale: removing the smallest-gamma channels beat removing random channels beyond seed "
+                    "noise"
+                    if beats(acc["slim_l1"], acc["slim_random"])
+                    else "Not shown at our scale: random channels did as well as the smallest-gamma ones, within seed "
+                    "noise"
                 )
                 + f" with the same per-layer counts after equal fine-tuning ({mean['slim_l1']:.1f}% vs "
                 f"{mean['slim_random']:.1f}%); under the L1 penalty the small scales are driven there by training, "

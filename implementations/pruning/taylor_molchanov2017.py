@@ -30,7 +30,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from implementations._models import build_model
-from implementations.pruning.l1filter_li2017 import channel_units, keep_top, prune_channels, size_row
+from implementations.pruning._base import size_rows
+from implementations.pruning.l1filter_li2017 import channel_units, keep_top, prune_channels
 
 if TYPE_CHECKING:
     from implementations._data import TensorData
@@ -234,7 +235,7 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
             final[criterion] = task.model
         final["dense"] = dense
 
-    cols = {name: size_row(model, data.input_shape, ctx.profile) for name, model in final.items()}
+    cols = size_rows(final, data.input_shape, ctx.profile)  # all rows timed together (interleaved)
     labels = {
         "taylor": "Taylor (normalised), greedy",
         "weight": "Min. weight, greedy",

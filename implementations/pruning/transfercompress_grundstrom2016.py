@@ -168,7 +168,7 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
 
     from implementations._data import load_dataset
     from implementations._harness import evaluate, fit, seed_everything
-    from implementations._measure import accuracy_stats, count_flops, cpu_time_ms, interleaved_latency
+    from implementations._measure import accuracy_stats, cpu_time_ms, interleaved_latency, model_row
     from implementations._models import CNN1d, build_model
     from implementations.pruning.transfersparse_liu2017 import split_task
     from implementations.quantization._base import beats
@@ -247,10 +247,9 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
     quick = ctx.profile == "quick"
     latency = interleaved_latency(pair, data.input_shape, rounds=1 if quick else 5)
     batch = {k: cpu_time_ms(m, data.input_shape, 256, 0.02 if quick else 0.2) for k, m in pair.items()}
-    size = {
-        k: dict(params=sum(p.numel() for p in m.parameters()), flops=count_flops(m, torch.zeros(1, *data.input_shape)))
-        for k, m in pair.items()
-    }
+    size = {k: model_row(m, data.input_shape) for k, m in pair.items()}  # params, nonzero, bytes, FLOPs
+    for k in size:
+        size[k]["latency_ms"] = latency[k]  # interleaved, not model_row's single timing
     rows = []
     for name, (label, role) in ROWS.items():
         kind = "large" if name.startswith("large") else "small"
@@ -267,8 +266,6 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
                 role=role,
                 accuracy=accuracy_stats(acc[name]),
                 **size[kind],
-                bytes=4 * size[kind]["params"],
-                latency_ms=latency[kind],
                 extra=extra,
             )
         )

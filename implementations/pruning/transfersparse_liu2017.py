@@ -177,7 +177,7 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
     """MNIST-1D digits 0-4 (source, all data) -> 5-9 (target, few labels): transfer sparse net vs prune on target."""
     from implementations._data import load_dataset
     from implementations._harness import evaluate, fit, seed_everything
-    from implementations._measure import accuracy_stats, count_flops, sparse_bytes
+    from implementations._measure import accuracy_stats, interleaved_latency, model_row
     from implementations._models import build_model
 
     cfg = Config()
@@ -245,10 +245,7 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
         remove_masks(model)  # fold the masks: zeros become zeros of the parameters
         trunk = sum(m.weight.numel() for _, m in prunable_layers(model, skip_last=True))
         return dict(
-            params=sum(p.numel() for p in model.parameters()),
-            nonzero_params=sum(int(torch.count_nonzero(p)) for p in model.parameters()),
-            bytes=sparse_bytes(model),
-            flops=count_flops(model, torch.zeros(1, *data.input_shape)),
+            **model_row(model, data.input_shape),  # bytes = min(dense fp32, fp32 value + int32 index)
             extra={
                 "trunk_sparsity": sparsity(nn.ModuleList([m for _, m in prunable_layers(model, True)])),
                 "trunk_weights": float(trunk),
@@ -256,13 +253,22 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
         )
 
     dense_cols = cols(models["dense"])
-    dense_cols["bytes"] = 4 * dense_cols["params"]
+    levels = {s: cols(models[f"target_direct_s{round(100 * s)}"]) for s in cfg.sparsities}
+    # latency: batch 1, fastest of 3 interleaved rounds; masks folded, so the sparse nets run the dense kernels
+    timed = {"dense": models["dense"], **{s: models[f"target_direct_s{round(100 * s)}"] for s in cfg.sparsities}}
+    timed = {k: detached_copy(m) for k, m in timed.items()}
+    for m in timed.values():
+        remove_masks(m)
+    latency = interleaved_latency(timed, data.input_shape, rounds=3)
+    dense_cols["latency_ms"] = latency["dense"]
+    for s in cfg.sparsities:
+        levels[s]["latency_ms"] = latency[s]
     rows = [
         dict(name="dense_target", label="Dense, trained on the target set only", role="baseline", **dense_cols),
         dict(name="dense_transfer", label="Dense, source-trained + fine-tuned", role="baseline", **dense_cols),
     ]
     for s in cfg.sparsities:
-        level = cols(models[f"target_direct_s{round(100 * s)}"])
+        level = levels[s]
         for name, (label, role) in METHODS.items():
             rows.append(dict(name=f"{name}_s{round(100 * s)}", label=f"{label}, {s:.0%}", role=role, **level))
     for row in rows:

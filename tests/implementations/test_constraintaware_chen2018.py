@@ -79,3 +79,5 @@ def test_quick_reproduction_is_schema_valid(tmp_path: Path, monkeypatch: pytest.
     for name in names[1:]:
         assert result.row(name).flops <= 0.2 * result.row("unpruned").flops + 1
     assert [a.question for a in result.answers][1].startswith("The notes give the exponential cooling function")
+    for name in names[1:]:  # the chosen configuration is fine-tuned, and both accuracies are reported
+        assert 0 <= result.row(name).extra["accuracy_before_finetune"] <= 100

@@ -75,3 +75,29 @@ def test_quick_reproduction_is_schema_valid(tmp_path: Path, monkeypatch: pytest.
     assert merged.params == 77 * 65 + 10 * 77 + 10 and merged.extra["params_removed"] > 0.849
     assert merged.flops < 0.2 * dense.flops
     assert result.claim.reproduced == (dense.accuracy.mean - merged.accuracy.mean <= 2.0)
+
+
+def test_conv_merge_of_duplicate_channels_is_exact() -> None:
+    from implementations._models import CNN2d
+    from implementations.pruning.datafree_srinivas2015 import conv_datafree_prune
+
+    torch.manual_seed(0)
+    model = CNN2d(1, 10, channels=(4, 6, 4)).eval()
+    with torch.no_grad():
+        for stage in model.stages:
+            norm = next(m for m in stage if isinstance(m, torch.nn.BatchNorm2d))
+            norm.running_mean.uniform_(-0.3, 0.3)
+            norm.running_var.uniform_(0.5, 2.0)
+            norm.bias.uniform_(-0.2, 0.2)
+        # stage 2: channel 5 duplicates channel 1 after BN folding (twice the filter, twice the std)
+        conv, norm = model.stages[1][1], model.stages[1][2]
+        conv.weight[5] = 2.0 * conv.weight[1]
+        norm.weight[5], norm.bias[5] = norm.weight[1], norm.bias[1]
+        norm.running_mean[5] = 2.0 * norm.running_mean[1]
+        norm.running_var[5] = 4.0 * (norm.running_var[1] + 1e-5) - 1e-5
+    x = torch.randn(3, 1, 8, 8)
+    small = conv_datafree_prune(model, 1 / 6).eval()  # floor(6 / 6) = 1 channel of stage 2 (and 0 of the others)
+    assert [s[1].out_channels for s in small.stages[1:2]] == [5]
+    assert torch.allclose(small(x), model(x), atol=1e-5)  # the duplicate was merged without changing the function
+    plain = conv_datafree_prune(model, 1 / 6, surgery=False).eval()
+    assert not torch.allclose(plain(x), model(x), atol=1e-3)

@@ -94,3 +94,15 @@ def test_quick_reproduction_is_schema_valid(tmp_path: Path, monkeypatch: pytest.
     assert result.claim.reproduced == (
         final.extra["compression_ratio"] >= 10 and final.accuracy.mean >= dense.accuracy.mean - 1
     )
+
+
+def test_stream_size_counts_the_table_and_falls_back_to_fixed_width() -> None:
+    from implementations.pruning.deepcompression_han2016 import STREAM_HEADER_BYTES, stream_bytes
+
+    skewed = [0] * 900 + [1] * 50 + [2] * 30 + [3] * 20  # Huffman: 900 x 1 bit + 50 x 2 + 50 x 3 bits = 1150 bits
+    payload, n_bits, table = huffman_encode(skewed)
+    assert n_bits == 1150 and len(table) == 4
+    # 144 payload bytes + 4 symbols x (1-byte id + 1-byte length) < 1000 x 5 bits fixed
+    assert stream_bytes(skewed, 5) == STREAM_HEADER_BYTES + 144 + 4 * 2
+    uniform = list(range(32)) * 4  # every 5-bit symbol equally often: Huffman cannot beat 5 bits, plus its table
+    assert stream_bytes(uniform, 5) == STREAM_HEADER_BYTES + 128 * 5 // 8  # the fixed-width form is stored

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from implementations.pruning._base import apply_masks, layer_masks, prunable_layers, sparsity
+from implementations.pruning._base import apply_masks, global_masks, layer_masks, prunable_layers, sparsity, topk_mask
 from implementations.pruning.magnitude_han2015 import iterative_sparsities, magnitude_scores, weight_penalty
 
 
@@ -43,6 +43,27 @@ def test_iterative_schedule_reaches_target_and_masks_only_shrink() -> None:
             assert bool(zeros[previous].all())
         previous = zeros
     assert abs(sparsity(model) - 0.9) < 0.01
+
+
+def test_topk_mask_count_is_exact_despite_float_rounding() -> None:
+    scores = torch.arange(100.0)
+    assert int((topk_mask(scores, 0.29) == 0).sum()) == 29  # 0.29 * 100 = 28.999999999999996 in floating point
+    assert int((topk_mask(torch.arange(1000.0), 0.57) == 0).sum()) == 570
+    assert int((topk_mask(scores, 0.295) == 0).sum()) == 29  # still a floor
+
+
+def test_lowering_the_sparsity_never_revives_pruned_weights() -> None:
+    torch.manual_seed(0)
+    for masks_fn in (layer_masks, global_masks):
+        layer = nn.Linear(10, 10)
+        model = nn.Sequential(layer)
+        apply_masks(model, masks_fn(prunable_layers(model), magnitude_scores, 0.9))
+        first = layer.weight_mask.clone()
+        with torch.no_grad():
+            layer.weight_orig.mul_(-1.0).add_(0.5)  # new magnitudes: the old ranking no longer holds
+        apply_masks(model, masks_fn(prunable_layers(model), magnitude_scores, 0.5))
+        assert int((layer.weight_mask == 0).sum()) == 90  # 90 zeros stay, not 50
+        assert bool((layer.weight_mask <= first).all())
 
 
 def test_weight_penalty_counts_weights_not_biases() -> None:

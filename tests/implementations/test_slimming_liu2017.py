@@ -35,6 +35,21 @@ def test_global_threshold_and_no_empty_layer() -> None:
     assert [k.tolist() for k in keep] == [[1], [0, 1]]  # layer 0 would be empty: its largest gamma survives
 
 
+def test_per_layer_counts_keep_each_layers_largest_gammas() -> None:
+    model = build_model("cnn1d", 10, (1, 40), width=0.125)  # 4/8/8 channels
+    task = NetworkSlimming(model)
+    with torch.no_grad():
+        for stage in model.stages:
+            stage[1].weight.copy_(torch.linspace(-1.0, 1.0, stage[1].num_features))
+    slim = task.prune(counts=[1, 2, 3])
+    widths = [m.num_features for m in slim.modules() if isinstance(m, nn.BatchNorm1d)]
+    assert widths == [1, 2, 3]
+    # |gamma| of layer 0 is (1, 1/3, 1/3, 1): the stable order keeps index 3 (index 0 ties but goes first)
+    assert torch.equal(slim.stages[0][1].weight.detach(), torch.tensor([1.0]))
+    # layer 2 keeps channels 0, 6, 7 (|gamma| 1, 5/7, 1), in index order
+    assert torch.allclose(slim.stages[2][1].weight.detach().abs(), torch.tensor([1.0, 5 / 7, 1.0]))
+
+
 def test_slimmed_network_is_smaller_and_matches_gamma_masking() -> None:
     torch.manual_seed(0)
     model = build_model("cnn1d", 10, (1, 40), width=0.25)  # 8/16/16 channels

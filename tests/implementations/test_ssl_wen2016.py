@@ -80,7 +80,8 @@ def test_quick_reproduction_is_schema_valid(tmp_path: Path, monkeypatch: pytest.
     )
     dense, ssl, sparse = result.row("dense"), result.row("ssl"), result.row("unstructured")
     assert ssl.params == ssl.nonzero_params <= dense.params and sparse.params == dense.params
-    assert sparse.nonzero_params <= dense.nonzero_params and sparse.bytes == 8 * sparse.nonzero_params
+    assert sparse.nonzero_params <= dense.nonzero_params
+    assert sparse.bytes == min(4 * sparse.params, 8 * sparse.nonzero_params)  # _measure.model_row's rule
     speed = {n: result.row(n).extra["cpu_speedup_batch256"] for n in ("ssl", "unstructured")}
     assert result.claim.reproduced == (
         ssl.accuracy.mean >= dense.accuracy.mean - 1 and speed["ssl"] > max(1.0, speed["unstructured"])

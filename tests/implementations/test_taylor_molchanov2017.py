@@ -41,6 +41,22 @@ def test_layer_normalisation_and_global_pruning() -> None:
     assert sum(widths) == before - 10 and min(widths) >= 1 and model(x).shape == (16, 10)
 
 
+def test_dead_maps_are_the_ones_removed() -> None:
+    torch.manual_seed(0)
+    model = build_model("cnn1d", 10, (1, 40), width=0.25)  # 8/16/16 maps
+    norm = model.stages[0][1]
+    with torch.no_grad():  # maps 2 and 5 of stage 0 are dead: gamma 0, beta -1, so ReLU outputs 0 and z * dC/dz = 0
+        norm.weight[[2, 5]] = 0.0
+        norm.bias[[2, 5]] = -1.0
+        norm.bias[[0, 1, 3, 4, 6, 7]] = 0.1 * torch.arange(1.0, 7.0)  # labels to track the kept maps
+    x, y = torch.randn(16, 1, 40), torch.randint(0, 10, (16,))
+    scores = TaylorPruning(model).scores([(x, y)])
+    assert scores[0][2] == 0 and scores[0][5] == 0 and (scores[0][[0, 1, 3, 4, 6, 7]] > 0).all()
+    pruned = TaylorPruning(model).prune(2, [(x, y)])
+    assert [p.weight.shape[0] for p, _ in channel_units(pruned)[0]] == [6, 16, 16]
+    assert torch.allclose(pruned.stages[0][1].bias.detach(), 0.1 * torch.arange(1.0, 7.0))  # maps 2 and 5 went
+
+
 def test_quick_reproduction_is_schema_valid(tmp_path: Path) -> None:
     from implementations._runner import make_context
     from implementations.pruning.taylor_molchanov2017 import reproduce

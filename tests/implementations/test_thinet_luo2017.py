@@ -47,6 +47,23 @@ def test_contributions_sum_to_the_next_layers_output() -> None:
     assert torch.allclose(contributions.sum(1), head(activation.flatten(1)).flatten() - head.bias, atol=1e-5)
 
 
+def test_contributions_with_stride_and_padding_of_cnn1d() -> None:
+    # CNN1d's convs use kernel 5, stride 2, padding 2: sampled positions must line up with the conv's outputs.
+    activation = torch.randn(3, 2, 9, generator=torch.Generator().manual_seed(1))
+    conv = nn.Conv1d(2, 4, 5, stride=2, padding=2, bias=False)
+    n, locations, length_out = 3, 6, (9 + 2 * 2 - 5) // 2 + 1  # 5 output positions
+    contributions = channel_contributions(activation, conv, locations, torch.Generator().manual_seed(7))
+    replay = torch.Generator().manual_seed(7)  # the same draws as inside channel_contributions
+    out = torch.randint(0, 4, (n, locations), generator=replay)
+    pos = torch.randint(0, length_out, (n, locations), generator=replay)
+    for c in range(2):  # channel c's contribution = the conv applied to channel c alone
+        alone = activation.clone()
+        alone[:, 1 - c] = 0.0
+        full = conv(alone).detach()  # (N, 4, 5)
+        expected = torch.stack([full[e, out[e], pos[e]] for e in range(n)])  # (N, loc)
+        assert torch.allclose(contributions[:, c], expected.flatten(), atol=1e-5)
+
+
 def test_pruned_stage_is_physically_removed_and_matches_the_masked_model() -> None:
     torch.manual_seed(0)
     model = CNN1d(1, 40, 10, channels=(6, 6, 4)).eval()
