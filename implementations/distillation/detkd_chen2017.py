@@ -326,7 +326,7 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
 
     from implementations._data import load_dataset
     from implementations._harness import fit, seed_everything
-    from implementations._measure import accuracy_stats, count_flops, count_params
+    from implementations._measure import accuracy_stats, beats, count_flops, count_params
     from implementations._runner import save_accuracy_plot
 
     s = SMALL
@@ -356,11 +356,9 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
     teacher = Detector1d(10, s["teacher"])
     fit(_Supervised(teacher), teacher.parameters(), data, epochs=ctx.epochs(s["teacher_epochs"]), **train)
     teacher.eval().requires_grad_(False)
-    acc: dict[str, list[float]] = {"teacher": [score(teacher)] * len(ctx.seeds)}
+    acc: dict[str, list[float]] = {"teacher": [score(teacher)]}  # one shared teacher: a single value
     for seed in ctx.seeds:
         for name, (cfg, poor) in variants.items():
-            if name not in ("student", "full") and seed != ctx.seeds[0]:
-                continue  # the single-addition and poor-teacher ablations run on the first seed only (time budget)
             seed_everything(seed)  # same student initialisation for every variant
             student = Detector1d(10, s["student"])
             if cfg is None:
@@ -390,14 +388,26 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
     m = {r["name"]: r["accuracy"]["mean"] for r in rows}
     figure = save_accuracy_plot(rows, ctx, "detkd_chen2017", title="Detection KD on 1-D MNIST-1D signals")
     gains = {k: m[k] - m["student"] for k in ("hint", "soft", "bounded")}
-    top = max(gains, key=gains.get)
     names = {"hint": "the hint", "soft": "the weighted soft loss", "bounded": "the bounded regression"}
+
+    def cmp(a: str, b: str) -> str:
+        """`a` against `b` by the paired-seed `beats` rule."""
+        return "beats" if beats(acc[a], acc[b]) else ("loses to" if beats(acc[b], acc[a]) else "is within noise of")
+
+    helping = [k for k in gains if beats(acc[k], acc["student"])]
+    top = max(helping, key=gains.get) if helping else None
     answer = (
-        f"At our scale {names[top]} carries the largest single gain ({gains[top]:+.1f} points; "
-        + ", ".join(f"{names[k]} {g:+.1f}" for k, g in gains.items() if k != top)
-        + f"; all three {m['full'] - m['student']:+.1f}). With poor teacher boxes the bounded loss "
-        + ("kept" if m["poor_bounded"] >= m["poor_imitation"] else "did not keep")
-        + f" the student above direct imitation ({m['poor_bounded']:.1f}% vs {m['poor_imitation']:.1f}%)."
+        f"At our scale {names[top]} carries the largest single gain that beats seed noise ({gains[top]:+.1f} points)"
+        if top
+        else "At our scale no single addition beats the student alone beyond seed noise"
+    )
+    answer += (
+        " ("
+        + ", ".join(f"{names[k]} {cmp(k, 'student')} the student alone, {g:+.1f}" for k, g in gains.items())
+        + f"; all three {cmp('full', 'student')} it, {m['full'] - m['student']:+.1f})."
+        + f" With poor teacher boxes the bounded loss {cmp('poor_bounded', 'poor_imitation')} direct imitation "
+        f"({m['poor_bounded']:.1f}% vs {m['poor_imitation']:.1f}%); all comparisons paired over "
+        f"{len(ctx.seeds)} seeds."
     )
     evidence = "; ".join(f"{r['label']}: {r['accuracy']['mean']:.2f}%" for r in rows)
     return {
@@ -416,14 +426,13 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
             f"{s['teacher']} (seed 0, {ctx.epochs(s['teacher_epochs'])} epochs), students {s['student']} for "
             f"{epochs} epochs; AdamW lr {s['lr']}, wd 1e-4, batch 128, cosine; mu=0.5, w_0=1.5, T=1, lambda=1, "
             f"nu=0.5, m=0, gamma=0.5; poor teacher = its box outputs plus N(0, {s['poor_box_noise']}^2) noise. "
-            "The student-alone and full rows use every seed; the single-addition and poor-teacher ablations only "
-            "the first seed (time budget).",
+            "Every row (ablations included) uses every seed; comparisons use the paired-seed `beats` rule.",
         },
         "rows": rows,
         "claim": {
             "text": "Distilling a compact detector with the weighted soft loss, teacher-bounded regression and hints "
             "makes it more accurate than training it alone.",
-            "reproduced": m["full"] > m["student"],
+            "reproduced": beats(acc["full"], acc["student"]),
             "evidence": f"student + all three {m['full']:.2f}% vs student alone {m['student']:.2f}% (teacher "
             f"{m['teacher']:.2f}%), mean over {len(ctx.seeds)} seed(s).",
         },

@@ -280,7 +280,7 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
     import numpy as np
 
     from implementations._data import load_dataset
-    from implementations._measure import accuracy_stats
+    from implementations._measure import accuracy_stats, beats
     from implementations._runner import save_accuracy_plot
 
     quick = ctx.profile == "quick"
@@ -358,7 +358,7 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
         )
         + f" (points above the 25% Bayes error, mean over {len(ctx.seeds)} seed(s); slopes of a log-log fit)."
     )
-    wins = [p for p, g in gains.items() if g > 0]
+    wins = [p for p in gains if beats(acc[f"{p}_distilled"], acc[f"{p}_student"])]  # paired-seed rule
     return {
         "id": "gendistill_lopezpaz2016",
         "protocol": {
@@ -385,7 +385,8 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
                 f"(teacher {mean[p + '_teacher']:.2f}%)"
                 for p in gains
             )
-            + f"; distillation won on {len(wins)} of {len(gains)} problems, mean over {len(ctx.seeds)} seed(s).",
+            + f"; distillation won (paired-seed `beats`) on {len(wins)} of {len(gains)} problems, mean over "
+            f"{len(ctx.seeds)} seed(s).",
         },
         "answers": [{"question": OPEN_QUESTION, "answer": answer, "evidence": evidence}],
         "figures": [figure],

@@ -125,7 +125,7 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
     """Teacher, then one shallow student trained five ways, over `ctx.seeds`; returns the results dict."""
     from implementations._data import load_dataset
     from implementations._harness import Supervised, evaluate, fit, seed_everything
-    from implementations._measure import accuracy_stats, model_row
+    from implementations._measure import accuracy_stats, beats, model_row
     from implementations._models import build_model
     from implementations._runner import save_accuracy_plot
     from implementations.distillation.kd_hinton2015 import KD
@@ -164,7 +164,7 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
         "student_mimic_transfer": (lambda m: Mimic(m, teacher), replace(data, x_train=x_transfer, y_train=z_transfer)),
         "student_kd": (lambda m: KD(m, teacher, KDConfig(temperature=s["temperature"], alpha=1.0)), data),
     }
-    acc: dict[str, list[float]] = {"teacher": [evaluate(teacher, data)] * len(ctx.seeds)}
+    acc: dict[str, list[float]] = {"teacher": [evaluate(teacher, data)]}  # one shared teacher: a single value
     for seed in ctx.seeds:
         for name, (make_task, train_data) in variants.items():
             seed_everything(seed)  # every student starts from the same initialisation
@@ -184,7 +184,7 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
     s_cols = model_row(shallow_mimic_net(in_features, data.num_classes, cfg), data.input_shape)
     n_transfer = len(x_transfer)
     rows = [
-        dict(name="teacher", label="Teacher (cnn1d, 3 conv layers)", role="teacher", **t_cols),
+        dict(name="teacher", label="Teacher (cnn1d, 3 conv layers; one run)", role="teacher", **t_cols),
         dict(name="student_ce", label="Shallow net, labels", role="baseline", **s_cols),
         dict(
             name="student_ce_augmented",
@@ -234,10 +234,15 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
         f"labels {m['student_ce']:.2f}%, labels+augmented {m['student_ce_augmented']:.2f}%, mimic on train set "
         f"{m['student_mimic']:.2f}%, mimic on transfer set ({n_transfer} inputs) {m['student_mimic_transfer']:.2f}%"
     )
-    kd_better = m["student_kd"] > m["student_mimic"]
+    kd_better, mimic_better = (
+        beats(acc["student_kd"], acc["student_mimic"]),
+        beats(acc["student_mimic"], acc["student_kd"]),
+    )
     a2 = (
-        f"{'No' if kd_better else 'Yes'} for this one-hidden-layer student: soft-target KD at T={s['temperature']:g} "
-        f"{'beat' if kd_better else 'did not beat'} L2 logit regression on identical inputs "
+        f"{'No' if kd_better else 'Yes' if mimic_better else 'Inconclusive'} for this one-hidden-layer student: "
+        f"soft-target KD at T={s['temperature']:g} "
+        f"{'beats' if kd_better else 'loses to' if mimic_better else 'is within noise of'} L2 logit regression on "
+        "identical inputs (paired-seed `beats` rule) "
         f"({m['student_kd']:.1f}% vs {m['student_mimic']:.1f}%)."
     )
     ev2 = f"KD (alpha=1, no labels) {m['student_kd']:.2f}% vs mimic {m['student_mimic']:.2f}%, same epochs and seeds"
@@ -259,10 +264,16 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
         "rows": rows,
         "claim": {
             "text": "A shallow net trained to regress a deep teacher's logits on a transfer set is more accurate "
-            "than the same shallow net trained on the labels.",
-            "reproduced": m["student_mimic_transfer"] > m["student_ce"],
-            "evidence": f"mimic on transfer set {m['student_mimic_transfer']:.2f}% vs labels {m['student_ce']:.2f}% "
-            f"(teacher {m['teacher']:.2f}%), mean over {len(ctx.seeds)} seed(s) on {data.name}.",
+            "than the same shallow net trained on the labels (judged here against labels on the same transfer "
+            "inputs, so that the extra inputs alone cannot explain a win).",
+            "reproduced": beats(acc["student_mimic_transfer"], acc["student_ce_augmented"]),
+            "evidence": f"judged against the control that sees the same inputs: mimic on transfer set "
+            f"{m['student_mimic_transfer']:.2f}% vs labels on the same augmented inputs "
+            f"{m['student_ce_augmented']:.2f}% (paired-seed `beats`: "
+            f"{'win' if beats(acc['student_mimic_transfer'], acc['student_ce_augmented']) else 'no win'}); against "
+            f"labels on the original inputs only {m['student_ce']:.2f}% (the paper's comparison, which mixes in the "
+            f"extra inputs: {'win' if beats(acc['student_mimic_transfer'], acc['student_ce']) else 'no win'}); "
+            f"teacher {m['teacher']:.2f}%; {len(ctx.seeds)} seed(s) on {data.name}.",
         },
         "answers": [
             {

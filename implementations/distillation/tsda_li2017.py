@@ -116,7 +116,7 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
 
     from implementations._data import load_dataset
     from implementations._harness import Supervised, evaluate, fit, seed_everything
-    from implementations._measure import accuracy_stats, model_row
+    from implementations._measure import accuracy_stats, beats, model_row
     from implementations._models import build_model
     from implementations._runner import save_accuracy_plot
 
@@ -157,8 +157,8 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
     n = len(ctx.seeds)
     cols = model_row(teacher, data.input_shape)
     spec = [
-        ("teacher_clean", "Teacher on clean test (source)", "teacher", acc["teacher_clean"] * n),
-        ("teacher_noisy", "Teacher on noisy test (unadapted)", "baseline", acc["teacher_noisy"] * n),
+        ("teacher_clean", "Teacher on clean test (source)", "teacher", acc["teacher_clean"]),
+        ("teacher_noisy", "Teacher on noisy test (unadapted)", "baseline", acc["teacher_noisy"]),
         ("ts", "T/S adapted, no labels (parallel pairs)", "method", acc["ts"]),
         ("labelled_noisy", "Fine-tuned on labelled noisy data", "ablation", acc["labelled_noisy"]),
         ("self_labelled", "Self-labelled on noisy only (no pairs)", "ablation", acc["self_labelled"]),
@@ -206,7 +206,7 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
         "claim": {
             "text": "Teacher-student learning on parallel unlabelled data adapts a source-domain model to a noisy "
             "target domain, reducing its error substantially without any target-domain labels.",
-            "reproduced": m["ts"] > m["teacher_noisy"] and rel > 10.0,
+            "reproduced": beats(acc["ts"], acc["teacher_noisy"] * n) and rel > 10.0,  # paired against the one teacher
             "evidence": f"noisy-test accuracy: unadapted teacher {m['teacher_noisy']:.2f}%, T/S student "
             f"{m['ts']:.2f}% (relative error reduction {rel:.1f}%; paper: up to 44% relative WER), labelled upper "
             f"bound {m['labelled_noisy']:.2f}% (T/S closes {closed:.0f}% of that gap), no-pairs self-labelling "

@@ -191,7 +191,7 @@ def _probe(table: Tensor, polarity: Tensor, words: Tensor, seen: Tensor) -> tupl
 def _reproduce(ctx: RunContext) -> dict[str, Any]:
     from implementations._data import TensorData
     from implementations._harness import Supervised, evaluate, fit, seed_everything
-    from implementations._measure import accuracy_stats, count_params
+    from implementations._measure import accuracy_stats, beats, count_params
     from implementations._runner import save_accuracy_plot
 
     s, cfg = SMALL, Config()
@@ -295,7 +295,7 @@ def _reproduce(ctx: RunContext) -> dict[str, Any]:
         "claim": {
             "text": "Small embeddings distilled from large ones through an encoding layer beat small embeddings of "
             "the same size trained directly on the task.",
-            "reproduced": m["encoded_soft"] > m["direct"] and m["encoded_labels"] > m["direct"],
+            "reproduced": beats(acc["encoded_soft"], acc["direct"]) and beats(acc["encoded_labels"], acc["direct"]),
             "evidence": f"encoded + soft targets {m['encoded_soft']:.2f}%, encoded with labels only "
             f"{m['encoded_labels']:.2f}%, direct {m['direct']:.2f}%, PCA-initialised {m['pca_init']:.2f}%, large-"
             f"embedding teacher {m['teacher']:.2f}%; deployed students have {deployed} parameters vs {t_params}; "

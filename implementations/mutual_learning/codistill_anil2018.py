@@ -149,7 +149,7 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
 
     from implementations._data import load_dataset
     from implementations._harness import Supervised, evaluate, fit, seed_everything
-    from implementations._measure import accuracy_stats, model_row
+    from implementations._measure import accuracy_stats, beats, model_row
     from implementations._models import build_model
     from implementations._runner import save_accuracy_plot
 
@@ -260,7 +260,7 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
             "text": "Copies that codistill from stale checkpoints of each other while training on disjoint shards end "
             "up more accurate than the same copies trained alone on their shards, and their predictions churn less "
             "across retraining.",
-            "reproduced": gain > 0 and churn_ok,
+            "reproduced": beats(acc["codistill"], acc["alone_shard"]) and churn_ok,
             "evidence": f"codistilled {mean['codistill']:.2f}% vs alone on shard {mean['alone_shard']:.2f}% "
             f"({gain:+.2f}); {churn_text}; one model on all data {mean['alone_all']:.2f}% "
             f"(mean over {len(ctx.seeds)} seed(s), {data.name}).",

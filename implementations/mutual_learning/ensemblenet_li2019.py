@@ -153,7 +153,7 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
     """Single network vs the same-cost 2-head model trained with EnsembleNet's loss, independent heads, DML and ONE."""
     from implementations._data import load_dataset
     from implementations._harness import Supervised, evaluate, fit, seed_everything
-    from implementations._measure import accuracy_stats, model_row
+    from implementations._measure import accuracy_stats, beats, model_row
     from implementations._runner import save_accuracy_plot
 
     s = SETTINGS
@@ -232,7 +232,7 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
         "claim": {
             "text": "A multi-headed model trained end-to-end with the co-distillation loss is more accurate than the "
             "single network of the same cost, and than the same heads trained independently.",
-            "reproduced": mean["codistill"] > mean["single"] and mean["codistill"] > mean["independent"],
+            "reproduced": beats(acc["codistill"], acc["single"]) and beats(acc["codistill"], acc["independent"]),
             "evidence": f"EnsembleNet {mean['codistill']:.2f}% vs single network {mean['single']:.2f}% and "
             f"independent heads {mean['independent']:.2f}% (ensembles of the same cost; {len(ctx.seeds)} seed(s)).",
         },

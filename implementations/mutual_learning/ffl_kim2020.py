@@ -153,7 +153,7 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
     """Two heterogeneous sub-networks alone (and their ensemble) vs. the same two trained with FFL."""
     from implementations._data import load_dataset
     from implementations._harness import Supervised, evaluate, fit, seed_everything
-    from implementations._measure import accuracy_stats, model_row
+    from implementations._measure import accuracy_stats, beats, model_row
     from implementations._models import build_model
     from implementations._runner import save_accuracy_plot
 
@@ -212,7 +212,9 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
 
     sub_gains = [mean[f"ffl{k}"] - mean[f"alone{k}"] for k in range(len(names))]
     fused_gain = mean["ffl_fused"] - mean["ensemble_alone"]
-    reproduced = all(g > 0 for g in sub_gains) and fused_gain > 0
+    reproduced = all(beats(acc[f"ffl{k}"], acc[f"alone{k}"]) for k in range(len(names))) and beats(
+        acc["ffl_fused"], acc["ensemble_alone"]
+    )  # paired-seed rule
     merge_gain = mean["ffl_fused"] - mean["ffl_ensemble"]
     if fused_gain > 0 and all(g > 0 for g in sub_gains):
         answer = (

@@ -30,8 +30,9 @@ import torch
 from torch import Tensor, nn
 
 from implementations.self_distillation._base import MultiExit, limit_threads
+from implementations.self_distillation.byot_zhang2019 import SETTINGS as BYOT_SETTINGS
 from implementations.self_distillation.byot_zhang2019 import Config as BYOTConfig
-from implementations.self_distillation.byot_zhang2019 import byot_loss, exit_accuracies
+from implementations.self_distillation.byot_zhang2019 import byot_loss, exit_accuracies, select_hint_weight
 
 if TYPE_CHECKING:
     from implementations._harness import RunContext
@@ -93,7 +94,7 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
     """Plain network, naive multi-exit training, BYOT (constant weight) and MSD (cosine weight), same protocol."""
     from implementations._data import load_dataset
     from implementations._harness import Supervised, evaluate, fit, seed_everything
-    from implementations._measure import accuracy_stats, model_row
+    from implementations._measure import accuracy_stats, beats, model_row
     from implementations._models import build_model
     from implementations._runner import save_accuracy_plot
 
@@ -101,15 +102,24 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
     data = load_dataset(s["dataset"], ctx.data_dir, ctx.download, n_train=ctx.n_train or s["n_train"])
     epochs = ctx.epochs(s["epochs"])
     train = dict(epochs=epochs, lr=s["lr"], batch_size=s["batch_size"], device=ctx.device, progress=ctx.progress)
-    cfg = Config(total_steps=epochs * -(-data.n_train // s["batch_size"]))
+
+    def new() -> nn.Module:
+        return build_model(s["model"][0], data.num_classes, data.input_shape, width=s["model"][1])
+
+    paper_cfg = Config(total_steps=epochs * -(-data.n_train // s["batch_size"]))
+    # lambda_0 multiplies a summed squared distance whose size depends on the features: choose it as BYOT's
+    # reproduction does, on held-out training data, and keep the unverified CIFAR value 0.03 as an ablation
+    with limit_threads(None if ctx.device.startswith("cuda") else 1):
+        chosen, held_out_acc = select_hint_weight(
+            data, new, BYOT_SETTINGS["hint_weights"], BYOTConfig(), train, BYOT_SETTINGS["held_out"]
+        )
+    cfg = replace(paper_cfg, hint_weight=chosen)
     variants = {
         "exits_ce": replace(cfg, alpha=0.0, hint_weight=0.0),  # naive multi-exit training
         "byot": replace(cfg, anneal=False),
         "msd": cfg,
+        "msd_lambda003": paper_cfg,
     }
-
-    def new() -> nn.Module:
-        return build_model(s["model"][0], data.num_classes, data.input_shape, width=s["model"][1])
 
     acc: dict[str, list[float]] = {}
     exits: dict[str, list[list[float]]] = {}
@@ -129,7 +139,12 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
 
     cols = model_row(new(), data.input_shape)
     m_name = f"{s['model'][0]} w={s['model'][1]:g}"
-    labels = {"exits_ce": "Multi-exit, CE only", "byot": "BYOT (constant lambda)", "msd": "MSD (cosine lambda)"}
+    labels = {
+        "exits_ce": "Multi-exit, CE only",
+        "byot": "BYOT (constant lambda)",
+        "msd": "MSD (cosine lambda)",
+        "msd_lambda003": "MSD, lambda0=0.03 (unrescaled)",
+    }
     per_exit = {n: [sum(e[k] for e in exits[n]) / len(exits[n]) for k in range(len(exits[n][0]))] for n in variants}
     rows = [dict(name="plain", label=f"Plain network ({m_name})", role="baseline", **cols)]
     for name in variants:
@@ -143,25 +158,33 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
     figure = save_accuracy_plot(rows, ctx, "msd_luan2019", title=f"MSD vs BYOT on {data.name}")
 
     n_exits = len(per_exit["msd"])
-    every_exit = all(per_exit["msd"][k] > per_exit["exits_ce"][k] for k in range(n_exits))
-    reproduced = every_exit and mean["msd"] > mean["plain"]
+
+    def exit_values(name: str, k: int) -> list[float]:
+        return [e[k] for e in exits[name]]  # per-seed accuracy of exit k
+
+    every_exit = all(beats(exit_values("msd", k), exit_values("exits_ce", k)) for k in range(n_exits))
+    reproduced = every_exit and beats(acc["msd"], acc["plain"])
     diff = mean["msd"] - mean["byot"]
-    noise = max(std["msd"], std["byot"])
+    msd_wins, byot_wins = beats(acc["msd"], acc["byot"]), beats(acc["byot"], acc["msd"])
+    verdict = "beats" if msd_wins else ("loses to" if byot_wins else "is within seed noise of")
     same = (
-        f"Not measurably at this scale: MSD minus BYOT is {diff:+.2f} points on the deepest classifier, "
-        f"{'within' if abs(diff) <= noise else 'outside'} the seed std ({noise:.2f}); in this implementation the "
-        "cosine decay is the only difference."
+        ("Not measurably at this scale" if not msd_wins else "Yes, at this scale")
+        + f": MSD {verdict} BYOT on the deepest classifier ({diff:+.2f} points, paired over {len(ctx.seeds)} "
+        "seeds); in this implementation the cosine decay is the only difference."
     )
-    hint_cost = mean["exits_ce"] - mean["byot"]  # what the KL + hint terms cost against labels-only exits
-    if abs(diff) <= noise:
-        late = f"Not measurably at this scale: decaying the weight changed the deepest classifier by " \
-               f"{diff:+.2f} points, within the seed std ({noise:.2f})."
+    if msd_wins or byot_wins:
+        late = f"{'Yes' if msd_wins else 'No'}: decaying the weight {verdict} the constant weight ({diff:+.2f} points)."
     else:
-        late = f"{'Yes' if diff > 0 else 'No'}: decaying the weight changed the deepest classifier by {diff:+.2f} " \
-               f"points, outside the seed std ({noise:.2f})."
-    if hint_cost > noise:
-        late += f" The imitation terms cost {hint_cost:.2f} points against label-only exits whether or not the " \
-                "feature weight decays, so here the harm is not specific to late training."
+        late = (
+            "Not measurably at this scale: decaying the weight changed the deepest classifier by "
+            f"{diff:+.2f} points, within seed noise."
+        )
+    hint_cost = mean["exits_ce"] - mean["byot"]  # what the KL + hint terms cost against labels-only exits
+    if beats(acc["exits_ce"], acc["byot"]):
+        late += (
+            f" The imitation terms cost {hint_cost:.2f} points against label-only exits whether or not the "
+            "feature weight decays, so here the harm is not specific to late training."
+        )
     exit_text = "; ".join(
         f"exit {k + 1}: MSD {per_exit['msd'][k]:.2f}% vs CE-only {per_exit['exits_ce'][k]:.2f}% vs BYOT "
         f"{per_exit['byot'][k]:.2f}%"
@@ -179,7 +202,9 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
             "notes": f"{epochs * -(-data.n_train // s['batch_size'])} SGD steps per network; "
             f"backbone {m_name} (3 stages) with exits on stages 1-2; all variants start from the same "
             f"weights; SGD momentum 0.9, cosine lr {s['lr']}, batch {s['batch_size']}, wd 5e-4, same epochs and batch "
-            f"order; tau={cfg.temperature}, alpha={cfg.alpha}, lambda0={cfg.hint_weight}, cosine over "
+            f"order; tau={cfg.temperature}, alpha={cfg.alpha}, lambda0={chosen:g} chosen by BYOT's held-out rule "
+            f"({', '.join(f'{w:g}: {a:.1f}%' for w, a in held_out_acc.items())} on 20% of the training set, "
+            "seed 0), 0.03 kept as an ablation, cosine over "
             f"{cfg.total_steps} steps; accuracy = deepest classifier; exit accuracies in extra; no branch "
             "augmentation.",
         },
@@ -189,7 +214,8 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
             "multi-exit training, and the final classifier more accurate than the plain network.",
             "reproduced": reproduced,
             "evidence": f"{exit_text}; deepest: MSD {mean['msd']:.2f}% vs plain {mean['plain']:.2f}% vs CE-only exits "
-            f"{mean['exits_ce']:.2f}% (mean over {len(ctx.seeds)} seed(s), {data.name}).",
+            f"{mean['exits_ce']:.2f}%; MSD with the unverified lambda0=0.03 {mean['msd_lambda003']:.2f}% (mean over "
+            f"{len(ctx.seeds)} seed(s), {data.name}; wins judged per exit with the paired-seed `beats` rule).",
         },
         "answers": [
             {
@@ -202,7 +228,7 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
             {
                 "question": Q_LATE,
                 "answer": late,
-                "evidence": f"constant lambda={cfg.hint_weight}: {mean['byot']:.2f}%; cosine-decayed from the same "
+                "evidence": f"constant lambda={chosen:g}: {mean['byot']:.2f}%; cosine-decayed from the same "
                 f"value: {mean['msd']:.2f}%; no hint or KL (CE-only exits): {mean['exits_ce']:.2f}%.",
             },
         ],

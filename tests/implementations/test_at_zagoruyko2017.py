@@ -61,6 +61,22 @@ def test_transfer_term_is_beta_half_sum_over_stages_and_ce_weight_follows_kd_alp
     assert torch.allclose(with_kd["ce"], 0.1 * nn.functional.cross_entropy(student(x), y))
 
 
+def test_reference_positions_rescale_each_stage_to_the_papers_map_size() -> None:
+    # Both stages have 6 positions; with N_ref = (24, 3) the terms are scaled by 6/24 and 6/3.
+    torch.manual_seed(0)
+    student, teacher = _TwoStage(2), _TwoStage(5)
+    x, y = torch.randn(4, 1, 6), torch.tensor([0, 1, 2, 3])
+    _, losses = AT(student, teacher, Config(beta=10.0, reference_positions=(24, 3))).forward_train(x, y)
+    (_, fs), (_, ft) = student(x, True), teacher(x, True)
+    expected = 5.0 * (0.25 * at_loss(fs[0], ft[0]) + 2.0 * at_loss(fs[1], ft[1]))
+    assert torch.allclose(losses["at"], expected)
+    # beta * mean-square at the reference size = beta / N_ref * squared distance of the unit-norm maps
+    diff = attention_map(fs[1]) - attention_map(ft[1])
+    assert torch.allclose((6 / 3) * at_loss(fs[1], ft[1]), diff.pow(2).sum(1).mean() / 3)
+    with pytest.raises(ValueError):
+        AT(student, teacher, Config(reference_positions=(3,))).forward_train(x, y)
+
+
 def test_quick_reproduction_is_schema_valid(tmp_path: Path) -> None:
     # MNIST-1D comes from the user cache (generated once, offline, when missing).
     from implementations._runner import make_context

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from implementations._models import build_model
-from implementations.self_distillation.byot_zhang2019 import BYOT, Config, byot_loss, hint_loss
+from implementations.self_distillation.byot_zhang2019 import BYOT, Config, byot_loss, hint_loss, select_hint_weight
 
 
 @pytest.mark.parametrize(("name", "in_shape"), [("cnn1d", (1, 40)), ("cnn2d", (1, 8, 8))])
@@ -48,8 +48,9 @@ def test_the_deepest_classifier_is_a_fixed_teacher() -> None:
 
 
 def test_quick_reproduction_is_schema_valid(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from implementations._measure import beats
     from implementations._runner import make_context
-    from implementations.self_distillation.byot_zhang2019 import QUESTION, reproduce
+    from implementations.self_distillation.byot_zhang2019 import Q_DECAY, QUESTION, reproduce
     from kb.results import Result
 
     monkeypatch.setenv("KB_CACHE", str(tmp_path / "cache"))
@@ -65,7 +66,28 @@ def test_quick_reproduction_is_schema_valid(tmp_path: Path, monkeypatch: pytest.
             "created": "2025-01-01T00:00:00",
         }
     )
-    assert {"plain", "byot", "exits_ce", "exits_ce_kl", "exits_ce_hint"} == {row.name for row in result.rows}
+    names = {"plain", "byot", "exits_ce", "exits_ce_kl", "exits_ce_hint", "byot_lambda003", "byot_decay"}
+    assert names == {row.name for row in result.rows}
     assert "exit1_acc" in result.row("byot").extra
-    assert result.claim.reproduced == (result.row("byot").accuracy.mean > result.row("plain").accuracy.mean)
-    assert result.answers[0].question == QUESTION
+    byot, plain = result.row("byot").accuracy.values, result.row("plain").accuracy.values
+    assert result.claim.reproduced == beats(byot, plain)
+    assert [a.question for a in result.answers] == [QUESTION, Q_DECAY]
+
+
+def test_hint_weight_is_chosen_on_held_out_training_data_only() -> None:
+    from dataclasses import replace
+
+    from implementations._data import TensorData
+
+    torch.manual_seed(0)
+    x, y = torch.randn(60, 1, 40), torch.randint(0, 3, (60,))
+    # a test set with a different label rule: if it were used, scores would not match the held-out split
+    data = TensorData(x, y, torch.randn(10, 1, 40), torch.zeros(10, dtype=torch.long), 3, (1, 40), "toy")
+    train = dict(epochs=1, lr=0.05, batch_size=16, device="cpu", progress=False)
+    chosen, scores = select_hint_weight(
+        data, lambda: build_model("cnn1d", 3, (1, 40), width=0.25), (0.1, 0.0), Config(), train, 0.25
+    )
+    assert set(scores) == {0.1, 0.0} and scores[chosen] == max(scores.values())
+    # every score is a multiple of 1/15 (15 held-out training examples), never of 1/10 (the test set)
+    assert all(abs(v / 100 * 15 - round(v / 100 * 15)) < 1e-6 for v in scores.values())
+    assert replace(Config(), hint_weight=chosen).hint_weight == chosen

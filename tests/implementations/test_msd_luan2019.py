@@ -59,5 +59,5 @@ def test_quick_reproduction_is_schema_valid(tmp_path: Path, monkeypatch: pytest.
             "created": "2025-01-01T00:00:00",
         }
     )
-    assert {"plain", "exits_ce", "byot", "msd"} == {row.name for row in result.rows}
+    assert {"plain", "exits_ce", "byot", "msd", "msd_lambda003"} == {row.name for row in result.rows}
     assert [a.question for a in result.answers] == [Q_SAME, Q_LATE]

@@ -71,4 +71,4 @@ def test_quick_reproduction_is_schema_valid(tmp_path: Path) -> None:
     m = {row.name: row.accuracy.mean for row in result.rows}
     assert {"teacher", "mimic", "noisy_sigma0p3", "kd", "kd_noisy"} <= set(m)
     assert result.claim.reproduced == (m["noisy_sigma0p3"] > m["mimic"])
-    assert len(result.answers) == 1
+    assert len(result.answers) == 2

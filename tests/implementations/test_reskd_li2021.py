@@ -36,6 +36,7 @@ def test_adaptive_exit_answers_confident_inputs_at_the_first_stage() -> None:
     stages = torch.tensor([[[5.0, 0.0], [0.0, 0.1]], [[0.0, 5.0], [0.0, 5.0]]])  # (S=2, B=2, K=2)
     pred, flops = adaptive_exit(stages, [10.0, 30.0], confidence=0.9)
     assert pred.tolist() == [0, 1] and flops.tolist() == [10.0, 30.0]  # input 0 exits at S0 (p=0.993), 1 does not
+    assert (pred != stages[-1].argmax(-1)).sum() == 1  # the early exit can change a prediction of the full chain
     pred, flops = adaptive_exit(stages, [10.0, 30.0], confidence=0.999)
     assert pred.tolist() == [1, 1] and flops.tolist() == [30.0, 30.0]
 
