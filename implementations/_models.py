@@ -54,6 +54,7 @@ class CNN1d(nn.Module):
 
     def __init__(self, in_channels: int, length: int, num_classes: int, channels: tuple[int, ...] = (32, 64, 64)):
         super().__init__()
+        self.in_channels = in_channels  # C
         stages, c_in = [], in_channels
         for c_out in channels:
             stages.append(
@@ -67,7 +68,9 @@ class CNN1d(nn.Module):
 
     def forward(self, x: Tensor, return_features: bool = False) -> Tensor | tuple[Tensor, list[Tensor]]:
         """Logits `(B, K)` from inputs `(B, C, L)` (or `(B, L)`); features are `(B, C_s, L_s)` per stage."""
-        h = x if x.dim() == 3 else x.unsqueeze(1)  # (B, C, L)
+        # (B, L) -> (B, 1, L), (B, C, L) unchanged, with no branch on x.dim() so torch.fx can trace it (a view that
+        # only inserts a size-1 dim works on any strides; torch.ao quantizes through `view`, not through `reshape`)
+        h = x.view(x.size(0), self.in_channels, x.size(-1))  # (B, C, L)
         features = []
         for stage in self.stages:
             h = stage(h)

@@ -21,6 +21,7 @@ fully connected layer. `Config(plain=True)` is the baseline: the same layout wit
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +38,7 @@ __all__ = [
     "Config",
     "Fire",
     "SqueezeNet",
+    "compressed_bytes",
     "fire_params",
     "fire_widths",
     "magnitude_prune",
@@ -148,6 +150,25 @@ def quantize_weights(model: nn.Module, bits: int = 6) -> nn.Module:
     return model
 
 
+def compressed_bytes(model: nn.Module, bits: int) -> int:
+    r"""Storage of a pruned and quantized model, in bytes (rounded up).
+
+    Each conv weight tensor of $n$ entries with $z$ non-zeros costs the smaller of dense $b$-bit codes ($n b$ bits)
+    and a 1-bit occupancy mask plus codes of the non-zeros only ($n + z b$ bits), plus one fp32 scale; every other
+    parameter (BatchNorm $\gamma, \beta$, biases) stays fp32. So pruning saves bytes once $z / n < 1 - 1/b$.
+    """
+    conv_weights = {id(m.weight) for m in model.modules() if isinstance(m, nn.Conv2d)}
+    total = 0
+    for p in model.parameters():
+        n = p.numel()
+        if id(p) in conv_weights:
+            z = int(torch.count_nonzero(p.detach()))
+            total += min(n * bits, n + z * bits) + 32
+        else:
+            total += 32 * n
+    return math.ceil(total / 8)
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Reproduction: `kb run squeezenet_iandola2016`
 # ---------------------------------------------------------------------------------------------------------------------
@@ -179,7 +200,13 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
     builders = {name: (lambda c=c: SqueezeNet(c)) for name, c in configs.items()}
     acc = {**train_variants(builders, data, ctx, epochs, LR, BATCH, compress), **compressed}
     cols = size_columns({name: SqueezeNet(cfg) for name, cfg in configs.items()}, data.input_shape, ctx)
-    cols.update({name: model_row(model, data.input_shape, bits=BITS) for name, model in examples.items()})
+    # compressed rows: 6-bit codes of the non-zeros + occupancy mask per conv, fp32 BN (see compressed_bytes)
+    cols.update(
+        {
+            name: {**model_row(model, data.input_shape), "bytes": compressed_bytes(model, BITS), "bits": float(BITS)}
+            for name, model in examples.items()
+        }
+    )
     labels = {
         "plain_cnn": ("Plain CNN (3x3 convs)", "baseline"),
         "squeezenet": ("SqueezeNet SR=0.125", "method"),
@@ -213,8 +240,10 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
             "pct3x3 0.5), max-pool after the second, dropout 0.5, 1x1 conv to 10, GAP; BatchNorm after every conv; "
             f"SGD momentum 0.9, cosine lr {LR}, batch {BATCH}, wd 5e-4, same epochs and seeds for all; compressed "
             f"rows: per-layer {SPARSITY:.0%} magnitude pruning of every conv, {ctx.epochs(FT_EPOCHS)} masked fine-tune "
-            f"epochs, then {BITS}-bit symmetric per-tensor weights (no retraining after quantization); CPU latency "
-            "on 1 thread.",
+            f"epochs, then {BITS}-bit symmetric per-tensor weights (no retraining after quantization); their bytes: "
+            f"per conv tensor the smaller of dense {BITS}-bit codes and a 1-bit occupancy mask + {BITS}-bit codes "
+            f"of the non-zeros, one fp32 scale per conv, BN parameters and biases fp32; other rows: dense fp32. CPU "
+            "latency on 1 thread.",
         },
         "rows": rows,
         "claim": {

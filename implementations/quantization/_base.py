@@ -18,6 +18,11 @@ $$
   `torch.nn.utils.parametrize`, so the latent fp32 weights are what the optimiser updates (QAT). A quantizer that
   returns a non-differentiable tensor (k-means, sorting, ...) is wrapped in the STE automatically.
 - `QAT(model, make)`: that wrapped model as a cross-entropy harness task.
+- `int8_ptq(model, calibration_inputs)`: real post-training int8 of any torch.fx-traceable model through torch.ao's
+  FX graph mode (static: int8 weights and activations, conv-BN folded, residual adds in int8), falling back to
+  dynamic int8 of the `nn.Linear` layers when the model cannot be traced; `serialized_bytes(model)` is the size of
+  its `torch.save`d state dict.
+- `kmeans(x, k)`: Lloyd's k-means, shared by the codebook quantizers.
 
 `smoke_task(entrypoint)` adapts a paper's entry point to the harness contract for the generic smoke test: a class or
 function may define its own `smoke_task()`; otherwise the entry point is called as `entrypoint(weight)` on every
@@ -27,8 +32,13 @@ weight of a tiny MLP (returning the fake-quantized weight, or a tuple whose firs
 from __future__ import annotations
 
 import contextlib
+import copy
+import io
 import math
+import warnings
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -48,12 +58,17 @@ __all__ = [
     "latency",
     "dequantize",
     "fake_quantize",
+    "int8_kernels",
+    "int8_ptq",
+    "interleaved_time_ms",
+    "kmeans",
     "model_bytes",
     "quantizable_layers",
     "quantize",
     "quantize_weights",
     "remove_weight_quantizers",
     "round_ste",
+    "serialized_bytes",
     "single_thread",
     "smoke_task",
 ]
@@ -246,3 +261,154 @@ def latency(model: nn.Module, input_shape: Sequence[int], profile: str) -> float
     simulated model, not a deployment speed-up.
     """
     return None if profile == "quick" else latency_ms(model, input_shape)
+
+
+def kmeans(x: Tensor, k: int, iterations: int = 25, generator: torch.Generator | None = None) -> Tensor:
+    """Lloyd's k-means from `k` distinct random points; an emptied cluster keeps its centroid. Returns `(k, D)`."""
+    centroids = x[torch.randperm(len(x), generator=generator)[:k]].clone()  # (k, D)
+    for _ in range(iterations):
+        assign = torch.cdist(x, centroids).argmin(1)  # (N,)
+        counts = torch.bincount(assign, minlength=k)  # (k,)
+        sums = torch.zeros_like(centroids).index_add_(0, assign, x)
+        centroids = torch.where(counts[:, None] > 0, sums / counts.clamp_min(1)[:, None], centroids)
+    return centroids
+
+
+def interleaved_time_ms(
+    calls: dict[str, Callable[[], object]], rounds: int = 3, min_run_time: float = 0.05
+) -> dict[str, float]:
+    """Per call, the fastest over interleaved rounds of the median wall time (ms) of `call()` on one thread.
+
+    Each round times every call once with `torch.utils.benchmark.Timer.blocked_autorange`; alternating them and keeping
+    each one's best round compares them under the same load on a shared CPU (as `_measure.interleaved_latency` does
+    for models). Used for search time, e.g. lookup-table (asymmetric) search against exhaustive float search.
+    """
+    from torch.utils.benchmark import Timer
+
+    best = dict.fromkeys(calls, float("inf"))
+    with torch.no_grad():
+        for _ in range(rounds):
+            for name, call in calls.items():
+                timer = Timer(stmt="call()", globals={"call": call}, num_threads=1)
+                best[name] = min(best[name], timer.blocked_autorange(min_run_time=min_run_time).median * 1e3)
+    return best
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Real int8 post-training quantization (torch.ao)
+# ---------------------------------------------------------------------------------------------------------------------
+
+# The warnings torch.ao emits on every quantization call, silenced only around those calls: the package-wide
+# deprecation notice (it moves to torchao, which is not installed here), the observers' `reduce_range` notice, and the
+# notice that quantized tensor creation functions are deprecated.
+_TORCH_AO_NOTICES = (
+    (DeprecationWarning, r"torch\.ao\.quantization is deprecated"),
+    (UserWarning, r"Please use quant_min and quant_max to specify the range for observers"),
+    (UserWarning, r"torch\.quantize_per_tensor, torch\.quantize_per_channel and other quantized tensor creation"),
+)
+
+
+@contextlib.contextmanager
+def _torch_ao_notices_silenced() -> Iterator[None]:
+    with warnings.catch_warnings():
+        for category, message in _TORCH_AO_NOTICES:
+            warnings.filterwarnings("ignore", message=message, category=category)
+        yield
+
+
+@contextlib.contextmanager
+def int8_kernels() -> Iterator[None]:
+    """Run the block with `torch.use_deterministic_algorithms` off (restored after).
+
+    The quantized CPU kernels have no deterministic flag, so under the harness's deterministic mode every call of an
+    int8 model warns; they are deterministic on one thread anyway. Wrap evaluation and timing of int8 models in this.
+    """
+    previous, warn_only = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
+    torch.use_deterministic_algorithms(False)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous, warn_only=warn_only)
+
+
+class _LogitsOnly(nn.Module):
+    """`forward(x) = model(x)`: pins optional forward arguments (e.g. `return_features`) to their defaults, so
+    torch.fx traces one input and one output."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(x)
+
+
+def serialized_bytes(model: nn.Module) -> int:
+    """Bytes of `torch.save(model.state_dict())` (into memory): the file a deployment would ship, container included."""
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    return buffer.getbuffer().nbytes
+
+
+def _module_census(model: nn.Module) -> dict[str, int]:
+    counts = Counter(f"{type(m).__module__}.{type(m).__name__}" for m in model.modules())
+    return dict(sorted((name, n) for name, n in counts.items() if ".quantized" in name))
+
+
+@torch.no_grad()
+def int8_ptq(
+    model: nn.Module, calibration_inputs: Tensor | Iterable[Tensor], backend: str = "x86", batch_size: int = 256
+) -> tuple[nn.Module, dict[str, Any]]:
+    r"""Post-training int8 quantization of any model with torch.ao; `model` itself is left unchanged.
+
+    Static path (any model torch.fx can trace): `prepare_fx` with `get_default_qconfig_mapping(backend)` folds
+    conv-BN(-ReLU) and inserts observers, the calibration inputs are run through it to fix each activation's scale
+    and zero point, and `convert_fx` swaps in real int8 kernels (`torch.ao.nn.quantized` Conv/Linear with per-channel
+    int8 weights, uint8 activations, residual adds as `quantized::add(_relu)`). Inputs and outputs stay float.
+
+    Fallback (the trace fails, e.g. Python control flow on tensor values): `quantize_dynamic` of every `nn.Linear`
+    (int8 weights, activations quantized on the fly); convolutions stay fp32 on that path.
+
+    Args:
+        model: A float model; it is copied and put in eval mode. Optional forward arguments keep their defaults.
+        calibration_inputs: Inputs `(N, ...)` (split into batches of `batch_size`) or an iterable of batches;
+            unlabelled data drawn like the inputs the model will see.
+        backend: Quantized engine whose default qconfig mapping is used (`x86`, `fbgemm` or `qnnpack`).
+        batch_size: Calibration batch size when a tensor is given.
+
+    Returns:
+        `(quantized_model, info)`; `info["path"]` is `"fx_static"` or `"dynamic_linear"`, `info["reason"]` why the
+        fallback ran (None otherwise), `info["quantized_modules"]` counts the quantized module types, and
+        `info["float_layers_left"]` counts the `nn.Linear`/`nn.Conv*` layers still in float.
+    """
+    from torch.ao.quantization import get_default_qconfig_mapping, quantize_dynamic
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+    if backend in torch.backends.quantized.supported_engines:
+        torch.backends.quantized.engine = backend
+    batches = list(
+        calibration_inputs.split(batch_size) if isinstance(calibration_inputs, Tensor) else calibration_inputs
+    )
+    if not batches:
+        raise ValueError("int8_ptq needs at least one calibration batch")
+    float_model = copy.deepcopy(model).cpu().eval()
+    info: dict[str, Any] = {"backend": backend, "reason": None}
+    with _torch_ao_notices_silenced():
+        try:
+            prepared = prepare_fx(_LogitsOnly(float_model), get_default_qconfig_mapping(backend), (batches[0].cpu(),))
+        except (torch.fx.proxy.TraceError, RuntimeError, TypeError, NotImplementedError) as error:
+            info.update(path="dynamic_linear", reason=f"{type(error).__name__}: {error}")
+            quantized = quantize_dynamic(float_model, {nn.Linear}, dtype=torch.qint8, inplace=True)
+        else:
+            with int8_kernels():
+                for batch in batches:
+                    prepared(batch.cpu())
+            quantized = convert_fx(prepared)
+            info["path"] = "fx_static"
+            info["calibration_inputs"] = sum(len(b) for b in batches)
+    info["quantized_modules"] = _module_census(quantized)
+    info["float_layers_left"] = sum(1 for m in quantized.modules() if isinstance(m, (*QUANTIZABLE, nn.Conv3d)))
+    return quantized, info

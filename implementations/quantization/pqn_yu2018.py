@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from implementations.quantization._base import beats
+from implementations.quantization._base import beats, interleaved_time_ms, kmeans
 
 if TYPE_CHECKING:
     from implementations._harness import RunContext
@@ -41,7 +41,6 @@ __all__ = [
     "ProductQuantizer",
     "asymmetric_similarity",
     "asymmetric_triplet_loss",
-    "kmeans",
     "reproduce",
     "retrieval_metrics",
     "soft_product_quantize",
@@ -90,7 +89,8 @@ def asymmetric_similarity(queries: Tensor, codes: Tensor, codebooks: Tensor) -> 
     """
     m, _, d = codebooks.shape
     tables = torch.einsum("qmd,mkd->qmk", queries.view(-1, m, d), codebooks)  # (Q, M, K)
-    return sum(tables[:, j, codes[:, j]] for j in range(m))  # (Q, N)
+    # one gather per subspace: column b_m(y) of table m, for every database item
+    return sum(tables[:, j].index_select(1, codes[:, j]) for j in range(m))  # (Q, N)
 
 
 def asymmetric_triplet_loss(anchor: Tensor, positive_q: Tensor, negative_q: Tensor, margin: float) -> Tensor:
@@ -103,17 +103,6 @@ def asymmetric_triplet_loss(anchor: Tensor, positive_q: Tensor, negative_q: Tens
         margin: $m$.
     """
     return F.relu(margin + (anchor * negative_q).sum(-1) - (anchor * positive_q).sum(-1)).mean()
-
-
-def kmeans(x: Tensor, k: int, iterations: int = 25, generator: torch.Generator | None = None) -> Tensor:
-    """Lloyd's k-means from `k` distinct random points; an emptied cluster keeps its centroid. Returns `(k, D)`."""
-    centroids = x[torch.randperm(len(x), generator=generator)[:k]].clone()  # (k, D)
-    for _ in range(iterations):
-        assign = torch.cdist(x, centroids).argmin(1)  # (N,)
-        counts = torch.bincount(assign, minlength=k)  # (k,)
-        sums = torch.zeros_like(centroids).index_add_(0, assign, x)
-        centroids = torch.where(counts[:, None] > 0, sums / counts.clamp_min(1)[:, None], centroids)
-    return centroids
 
 
 class ProductQuantizer(nn.Module):
@@ -260,7 +249,7 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
     """Triplet embedding + post-hoc k-means PQ vs PQN trained end to end, MNIST-1D retrieval at 16-bit codes."""
     from implementations._data import load_dataset
     from implementations._harness import fit, seed_everything
-    from implementations._measure import accuracy_stats
+    from implementations._measure import accuracy_stats, count_params
 
     s, cfg = SETTING, Config()
     data = load_dataset(s["dataset"], ctx.data_dir, ctx.download, n_train=ctx.n_train, n_test=s["queries"])
@@ -268,9 +257,12 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
     train = dict(lr=s["lr"], batch_size=s["batch_size"], device=ctx.device, progress=ctx.progress)
     metrics: dict[str, list[dict[str, float]]] = {}
 
+    searched: dict[str, tuple] = {}  # first seed's (queries, codes, database, codebooks), for timing the search
+
     def search(name: str, queries: Tensor, db_codes: Tensor | None, db: Tensor, codebooks: Tensor | None) -> None:
         sim = queries @ db.t() if db_codes is None else asymmetric_similarity(queries, db_codes, codebooks)
         metrics.setdefault(name, []).append(retrieval_metrics(sim, data.y_test, data.y_train))
+        searched.setdefault(name, (queries, db_codes, db, codebooks))
 
     for seed in ctx.seeds:
         gen = torch.Generator().manual_seed(seed)
@@ -302,32 +294,44 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
         _weight_codebooks(base, data, cfg, seed, ctx.epochs(s["weight_epochs"]), train, search)
 
     bits = cfg.subspaces * (cfg.codewords - 1).bit_length()
-    specs = {
-        "float": ("Triplet embedding, float (no compression)", "teacher", 32 * cfg.embed_dim),
-        "pq_posthoc": (f"Triplet embedding + k-means PQ ({bits}-bit codes)", "baseline", bits),
-        "pqn": (f"PQN end to end, asymmetric triplet ({bits}-bit codes)", "method", bits),
-        "pqn_features_kmeans": ("PQN features + k-means PQ (codebooks refit)", "ablation", bits),
-        "weight_kmeans": ("Weights: k-means PQ of the embedding layer", "ablation", 32 * cfg.embed_dim),
-        "weight_soft": ("Weights: soft-PQ codebooks fine-tuned", "ablation", 32 * cfg.embed_dim),
+    # sizes: the database (codes + fp32 codebooks, or float features) and the embedding network's parameters
+    codebook_bytes = 4 * cfg.codewords * cfg.embed_dim  # M codebooks of K codewords of D/M floats
+    float_db_bytes = 4 * cfg.embed_dim * data.n_train
+    pq_db_bytes = bits * data.n_train // 8 + codebook_bytes
+    net_params = count_params(base.backbone)
+    head_in = base.backbone.head.in_features  # columns of the product-quantized weight
+    pq_net_bytes = 4 * (net_params - head_in * cfg.embed_dim) + bits * head_in // 8 + codebook_bytes
+    timing = _search_times(searched, ctx.profile == "quick")
+    specs = {  # name: (label, role, code bits per database item, bytes)
+        "float": ("Triplet embedding, float (no compression)", "teacher", 32 * cfg.embed_dim, float_db_bytes),
+        "pq_posthoc": (f"Triplet embedding + k-means PQ ({bits}-bit codes)", "baseline", bits, pq_db_bytes),
+        "pqn": (f"PQN end to end, asymmetric triplet ({bits}-bit codes)", "method", bits, pq_db_bytes),
+        "pqn_features_kmeans": ("PQN features + k-means PQ (codebooks refit)", "ablation", bits, pq_db_bytes),
+        "weight_kmeans": ("Weights: k-means PQ of the embedding layer (bytes: network)", "ablation", 0, pq_net_bytes),
+        "weight_soft": ("Weights: soft-PQ codebooks fine-tuned (bytes: network)", "ablation", 0, pq_net_bytes),
     }
     rows, mean = [], {}
-    for name, (label, role, code_bits) in specs.items():
+    for name, (label, role, code_bits, size) in specs.items():
         runs = metrics[name]
         mean[name] = {key: sum(r[key] for r in runs) / len(runs) for key in runs[0]}
+        weights = name.startswith("weight")
+        extra = {"map": mean[name]["map"], "p10": mean[name]["p10"], "network_bytes_fp32": float(4 * net_params)}
+        if weights:  # the database stays float; the embedding layer's weights are product-quantized
+            extra["database_bytes"] = float(float_db_bytes)
+        else:
+            extra |= {"code_bits": float(code_bits), "search_ms_per_query_batched": timing[name][1]}
         rows.append(
             dict(
                 name=name,
                 label=label,
                 role=role,
                 accuracy=accuracy_stats([r["p1"] for r in runs]),
-                bytes=code_bits * data.n_train // 8,  # database size
-                bits=float(code_bits) / cfg.embed_dim,
-                extra={
-                    "map": mean[name]["map"],
-                    "p10": mean[name]["p10"],
-                    "code_bits": float(code_bits),
-                    **({"weight_bits_per_value": bits / cfg.embed_dim} if name.startswith("weight") else {}),
-                },
+                params=net_params,
+                bytes=size,
+                # bits per value: code bits per feature dimension (database rows) or per weight of the layer
+                bits=bits / cfg.embed_dim if weights else float(code_bits) / cfg.embed_dim,
+                latency_ms=None if weights else timing[name][0],  # one query against the whole database
+                extra=extra,
             )
         )
     figure = _plot(rows, ctx)
@@ -352,7 +356,13 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
             f"codes, queries raw (asymmetric inner product via lookup tables). PQN: soft assignment alpha="
             f"{cfg.alpha}, codewords initialised by k-means on the untrained features, asymmetric triplet loss, "
             f"hard codes at search. Baseline: same network and triplets without the PQ layer, then k-means PQ. "
-            f"bytes = database size; bits = bits per feature dimension. Weight rows: see the answer.",
+            f"Retrieval rows: bytes = database size (codes + fp32 codebooks, or float features); bits = code bits "
+            f"per feature dimension; latency_ms = search time of one query against the whole database (first "
+            f"seed; asymmetric rows: lookup tables + M gathers, float row: exhaustive inner products), "
+            f"torch.utils.benchmark on one thread, best of interleaved rounds; extra.search_ms_per_query_batched: "
+            f"all queries at once, divided by their number. Weight rows: bytes = the embedding network's "
+            f"parameters with its last layer product-quantized (codes + fp32 codebooks, rest fp32), bits = code "
+            f"bits per weight of that layer; their search is the float one. params: the embedding network.",
         },
         "rows": rows,
         "claim": {
@@ -362,7 +372,9 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
             "evidence": f"mAP PQN {m['pqn']:.2f} vs post-hoc PQ {m['pq_posthoc']:.2f} (float triplet embedding "
             f"{m['float']:.2f}); precision@1 {mean['pqn']['p1']:.2f}% vs {mean['pq_posthoc']['p1']:.2f}%; PQN "
             f"features with k-means codebooks {m['pqn_features_kmeans']:.2f}; {bits}-bit codes, mean over "
-            f"{len(ctx.seeds)} seed(s); reproduced = PQN beats post-hoc PQ in mAP beyond one paired standard error.",
+            f"{len(ctx.seeds)} seed(s); reproduced = PQN beats post-hoc PQ in mAP beyond one paired standard error. "
+            f"Search time per query (batch 1): asymmetric lookup {timing['pqn'][0] * 1e3:.1f} us vs exhaustive "
+            f"float {timing['float'][0] * 1e3:.1f} us; database {pq_db_bytes} B vs {float_db_bytes} B.",
         },
         "answers": [
             {
@@ -384,6 +396,23 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
         ],
         "figures": [figure],
     }
+
+
+def _search_times(searched: dict[str, tuple], quick: bool) -> dict[str, tuple[float, float]]:
+    """Per retrieval row, `(ms for one query, ms per query when all queries go at once)` of its search."""
+
+    def call(name: str, n: int | None):
+        queries, codes, db, codebooks = searched[name]
+        q = queries[:n]
+        if codes is None:
+            return lambda: q @ db.t()
+        return lambda: asymmetric_similarity(q, codes, codebooks)
+
+    names = [n for n in searched if not n.startswith("weight")]
+    rounds, run_time = (1, 0.01) if quick else (3, 0.05)
+    one = interleaved_time_ms({n: call(n, 1) for n in names}, rounds, run_time)
+    batched = interleaved_time_ms({n: call(n, None) for n in names}, rounds, run_time)
+    return {n: (one[n], batched[n] / len(searched[n][0])) for n in names}
 
 
 def _weight_codebooks(base: PQN, data: Any, cfg: Config, seed: int, epochs: int, train: dict, search: Any) -> None:

@@ -144,7 +144,7 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
         for ratio in RATIOS:
             variants[f"vaq_w{bits}a{bits}_r{ratio * 100:g}".replace(".", "p")] = (bits, ratio, False)
     acc: dict[str, list[float]] = {}
-    kept: dict[str, int] = {}
+    kept: dict[str, list[int]] = {}  # kept (high-precision) weights per variant, one count per seed
     layer_errors: list[list[tuple[float, float]]] = []
     trained = None
     for seed in ctx.seeds:
@@ -165,7 +165,8 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
         trained = model if trained is None else trained
         acc.setdefault("fp", []).append(evaluate(model, data))
         for name, (bits, ratio, clip) in variants.items():
-            quantized, kept[name] = quantize_model(model, bits, ratio, clip)
+            quantized, n_kept = quantize_model(model, bits, ratio, clip)
+            kept.setdefault(name, []).append(n_kept)
             acc.setdefault(name, []).append(evaluate(quantized, data))
         layer_errors.append(_layer_errors(model))
 
@@ -187,7 +188,7 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
         )
     ]
     for name, (bits, ratio, clip) in variants.items():
-        outliers = 0 if clip else kept[name]
+        outliers = 0 if clip else round(sum(kept[name]) / len(kept[name]))  # mean over seeds
         # codes for every weight, plus (16-bit value + int32 index) per kept entry, one fp32 scale per layer
         size = quantized_bytes(n_weights, bits, num_scales=n_layers) + outliers * (cfg.outlier_bits // 8 + 4)
         row = dict(
@@ -209,6 +210,8 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
         rows.append(row)
     mean = {r["name"]: r["accuracy"]["mean"] for r in rows}
     figure = _plot(mean, ctx)
+    fp_gap = mean["fp"] - mean["vaq_w4a4_r1"]
+    direction, magnitude = beats(acc["vaq_w4a4_r1"], acc["uniform_w4a4"]), fp_gap <= 1.0
     per_bits = "; ".join(
         f"W{b}/A{b}: uniform {mean[f'uniform_w{b}a{b}']:.2f}%, clip {mean[f'clip_w{b}a{b}_r1']:.2f}%, VAQ "
         + ", ".join(f"r={r:.1%} {mean[_vaq(b, r)]:.2f}%" for r in RATIOS)
@@ -244,12 +247,15 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
         "rows": rows,
         "claim": {
             "text": "Keeping about 1% of the largest values in high precision lets 4-bit weights and activations lose "
-            "less accuracy than plain uniform 4-bit quantization (paper: within 1% of full precision).",
-            "reproduced": beats(acc["vaq_w4a4_r1"], acc["uniform_w4a4"]),
+            "less accuracy than plain uniform 4-bit quantization, staying within 1% of full precision (here: "
+            "within 1 point). Both parts are checked: the direction (beats uniform) and the magnitude.",
+            "reproduced": direction and magnitude,
             "evidence": f"VAQ r=1% W4/A4 {mean['vaq_w4a4_r1']:.2f}% vs uniform W4/A4 {mean['uniform_w4a4']:.2f}% vs "
-            f"full precision {mean['fp']:.2f}% (gap to fp {mean['fp'] - mean['vaq_w4a4_r1']:.2f} points), mean over "
-            f"{len(ctx.seeds)} seed(s); reproduced = VAQ beats uniform beyond one standard error of the paired "
-            f"difference. Clipping at the same tau without keeping the large values recovered {share[4]:.0%} of "
+            f"full precision {mean['fp']:.2f}% (gap to fp {fp_gap:.2f} points), mean over {len(ctx.seeds)} seed(s). "
+            f"Direction (VAQ beats uniform beyond one standard error of the paired difference): "
+            f"{'reproduced' if direction else 'not reproduced'}; magnitude (within 1 point of fp): "
+            f"{'reproduced' if magnitude else 'not reproduced'}. Clipping at the same tau without keeping the large "
+            f"values recovered {share[4]:.0%} of "
             f"VAQ's gain at 4 bits ({mean['clip_w4a4_r1']:.2f}%) and {share[3]:.0%} at 3 bits "
             f"({mean['clip_w3a3_r1']:.2f}% vs VAQ {mean['vaq_w3a3_r1']:.2f}%, uniform {mean['uniform_w3a3']:.2f}%).",
         },

@@ -306,7 +306,8 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
     from implementations._runner import save_accuracy_plot
 
     figure = save_accuracy_plot(rows, ctx, "wage_wu2018", title=f"WAGE vs float, MLP on {data.name}")
-    gap = mean["float"] - mean["wage_2888"]
+    gap = mean["float"] - mean["wage_2888"]  # against float training of the same constrained network
+    gap_conventional = mean["float_bn_ce"] - mean["wage_2888"]  # against a conventional float BN-MLP
     first = {name: values[0] for name, values in acc.items()}
     drops = {k: first["wage_2888"] - first[f"wage_{k}"] for k in SWEEP}
     worst = max(drops, key=drops.get)
@@ -332,11 +333,21 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
         "rows": rows,
         "claim": {
             "text": "Training with 2-bit weights and 8-bit activations, gradients and errors (WAGE 2-8-8-8) reaches "
-            "accuracy comparable to float training (here: within 2 points).",
-            "reproduced": gap < 2.0,
-            "evidence": f"WAGE 2-8-8-8 {mean['wage_2888']:.2f}% vs float {mean['float']:.2f}% on the same network "
-            f"(gap {gap:+.2f} points, mean over {len(ctx.seeds)} seed(s)); a conventional float BN-MLP with "
-            f"cross-entropy reached {mean['float_bn_ce']:.2f}%.",
+            "accuracy comparable to float training (here: within 2 points of a conventional float network, a "
+            "BN-MLP trained with cross-entropy). Float training of WAGE's own constrained network (no BN, no "
+            "biases, fixed layer scales, SSE loss) is reported too, but it is a weakened baseline: matching it "
+            "alone does not count.",
+            "reproduced": gap < 2.0 and gap_conventional < 2.0,
+            "evidence": f"WAGE 2-8-8-8 {mean['wage_2888']:.2f}% vs conventional float BN-MLP "
+            f"{mean['float_bn_ce']:.2f}% (gap {gap_conventional:+.2f} points) and vs float training of the same "
+            f"constrained network {mean['float']:.2f}% (gap {gap:+.2f} points); mean over {len(ctx.seeds)} seed(s). "
+            + (
+                "The integer arithmetic itself costs little (within 2 points of the same network in float), but "
+                "the constraints WAGE imposes on the network cost far more than 2 points against conventional "
+                "float training, so the claim as stated does not reproduce at this scale."
+                if gap < 2.0 <= gap_conventional
+                else ""
+            ),
         },
         "answers": [
             {

@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-from implementations.other.cs231n_han2017 import (
-    ENERGY_PJ,
-    Config,
-    EfficiencyReport,
-    energy_pj,
-    magnitude_prune,
-    quantize_int8,
-)
+from implementations.other.cs231n_han2017 import ENERGY_PJ, Config, EfficiencyReport, energy_pj, magnitude_prune
 
 
 def test_energy_model_by_hand() -> None:
@@ -42,17 +34,24 @@ def test_global_magnitude_pruning_removes_the_smallest_half() -> None:
     assert report.storage_bytes(model, bits=8, sparse=True) == (nonzero * 12 + 7) // 8 + 4 * 8
 
 
-def test_dynamic_int8_error_is_at_most_half_a_step() -> None:
+def test_static_int8_weights_are_within_half_a_per_channel_step() -> None:
+    from implementations._models import MLP
+    from implementations.quantization._base import int8_kernels, int8_ptq
+
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(40, 16), nn.ReLU(), nn.Linear(16, 10)).eval()
-    quantized = quantize_int8(copy.deepcopy(model))
-    for float_layer, q_layer in zip(model[::2], quantized[::2], strict=True):
+    model = MLP(40, 10, (16, 16)).eval()
+    quantized, info = int8_ptq(model, torch.randn(256, 40))
+    assert info["path"] == "fx_static" and info["float_layers_left"] == 0
+    q_layers = [quantized.get_submodule(n) for n in ("model.layers.0", "model.layers.1", "model.head")]
+    for float_layer, q_layer in zip([*model.layers, model.head], q_layers, strict=True):
         qweight = q_layer.weight()
-        assert qweight.dtype == torch.qint8
-        error = (qweight.dequantize() - float_layer.weight).abs().max()
-        assert error <= qweight.q_scale() / 2 + 1e-7
-    x = torch.randn(5, 40)
-    assert (quantized(x) - model(x)).abs().max() < 0.05 * model(x).abs().max()
+        assert qweight.dtype == torch.qint8 and qweight.qscheme() == torch.per_channel_affine  # one scale per row
+        assert torch.all(qweight.q_per_channel_zero_points() == 0)  # symmetric: zero points all 0
+        error = (qweight.dequantize() - float_layer.weight).abs().amax(dim=1)  # (out,)
+        assert torch.all(error <= qweight.q_per_channel_scales().float() / 2 + 1e-7)
+    x = torch.randn(64, 40)
+    with torch.no_grad(), int8_kernels():
+        assert (quantized(x) - model(x)).norm() < 0.05 * model(x).norm()
 
 
 def test_quick_illustration_is_schema_valid(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -94,7 +94,11 @@ def test_quick_reproduction_is_schema_valid(tmp_path: Path) -> None:
             "created": "2025-01-01T00:00:00",
         }
     )
-    pq, lsqpp = result.row("pq"), result.row("lsqpp")
-    assert pq.bytes == lsqpp.bytes == 32 * 500 // 8  # equal code length
+    pq, lsqpp, exact = result.row("pq"), result.row("lsqpp"), result.row("exact")
+    assert pq.extra["code_bytes"] == lsqpp.extra["code_bytes"] == 32 * 500 // 8  # equal code length
+    # + fp32 codebooks of 160-d features: PQ's K x D entries, the additive quantizers' M x K x D
+    assert pq.bytes == 2000 + 4 * 16 * 160 and lsqpp.bytes == 2000 + 4 * 8 * 16 * 160
+    assert exact.bytes == 4 * 160 * 500 and exact.accuracy.mean == 100.0
+    assert pq.latency_ms > 0 and lsqpp.latency_ms > 0 and exact.latency_ms > 0
     assert lsqpp.extra["error"] < pq.extra["error"]  # local search starts from PQ and only improves
     assert result.answers and "weights" in result.answers[0].question

@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from implementations.quantization._base import kmeans
 from implementations.quantization.pqn_yu2018 import (
     ProductQuantizer,
     asymmetric_similarity,
     asymmetric_triplet_loss,
-    kmeans,
     retrieval_metrics,
     soft_product_quantize,
 )
@@ -83,7 +83,13 @@ def test_quick_reproduction_is_schema_valid(tmp_path: Path) -> None:
             "created": "2025-01-01T00:00:00",
         }
     )
-    pqn, posthoc = result.row("pqn"), result.row("pq_posthoc")
-    assert pqn.bytes == posthoc.bytes == 16 * 500 // 8 and pqn.extra["code_bits"] == 16
-    assert result.claim.reproduced is False or pqn.extra["map"] > posthoc.extra["map"]
+    pqn, posthoc, weights = result.row("pqn"), result.row("pq_posthoc"), result.row("weight_soft")
+    # database of 500 items: 16-bit codes + 4 codebooks x 16 codewords x 8 fp32 values
+    assert pqn.bytes == posthoc.bytes == 16 * 500 // 8 + 4 * 16 * 8 * 4 and pqn.extra["code_bits"] == 16
+    assert result.row("float").bytes == 32 * 4 * 500 and pqn.bits == 0.5
+    # embedding net (cnn1d width 0.5 -> 32-d): 13072 parameters; its 160 x 32 last-layer weight becomes 160 columns
+    # of 16-bit codes + the fp32 codebooks; the other 13072 - 5120 parameters stay fp32
+    assert weights.params == 13072 and weights.bits == 0.5
+    assert weights.bytes == 4 * (13072 - 5120) + 160 * 16 // 8 + 4 * 16 * 8 * 4
+    assert pqn.latency_ms > 0 and result.row("float").latency_ms > 0 and weights.latency_ms is None
     assert result.answers and "weight codebooks" in result.answers[0].question

@@ -90,3 +90,18 @@ def test_quick_reproduction_is_schema_valid(tmp_path: Path, monkeypatch: pytest.
     assert plain.params > 5 * squeeze.params
     assert result.row("squeezenet_dc").nonzero_params < squeeze.params and result.row("squeezenet_dc").bits == 6
     assert len(result.answers) == 2 and result.figures == ["results/figures/squeezenet_iandola2016_tradeoff.png"]
+
+
+def test_compressed_bytes_counts_codes_of_the_nonzeros_a_mask_and_fp32_batch_norm() -> None:
+    from implementations.architecture.squeezenet_iandola2016 import compressed_bytes
+
+    conv = nn.Conv2d(2, 3, 3, bias=False)  # 54 weights
+    model = nn.Sequential(conv, nn.BatchNorm2d(3))  # + 6 BN parameters
+    with torch.no_grad():
+        conv.weight.copy_(torch.arange(1.0, 55.0).view(3, 2, 3, 3))
+        conv.weight.view(-1)[:27] = 0  # half pruned
+    # mask 54 bits + 27 x 6-bit codes (216 < 324 dense) + a 32-bit scale + 6 x 32-bit BN = 440 bits = 55 bytes
+    assert compressed_bytes(model, 6) == 55
+    with torch.no_grad():
+        conv.weight.view(-1)[:27] = 1.0  # dense again: 54 x 6 = 324 bits beats 54 + 324 for the mask format
+    assert compressed_bytes(model, 6) == 69  # ceil((324 + 32 + 192) / 8)

@@ -85,5 +85,7 @@ def test_quick_reproduction_is_schema_valid(tmp_path: Path) -> None:
     )
     assert {"fp", "uniform_w4a4", "vaq_w4a4_r1", "clip_w4a4_r1", "vaq_w3a3_r0p5"} <= {r.name for r in result.rows}
     vaq, uniform = result.row("vaq_w4a4_r1"), result.row("uniform_w4a4")
-    assert result.claim.reproduced == (vaq.accuracy.mean > uniform.accuracy.mean)
+    fp_gap = result.row("fp").accuracy.mean - vaq.accuracy.mean
+    # both halves: beats uniform (one seed in quick: direction only) and within 1 point of full precision
+    assert result.claim.reproduced == (vaq.accuracy.mean > uniform.accuracy.mean and fp_gap <= 1.0)
     assert vaq.bytes > uniform.bytes and vaq.extra["kept_weights"] > 0  # the kept values cost storage
