@@ -20,6 +20,7 @@ FLOPs are counted by `torch.utils.flop_counter.FlopCounterMode`: a multiply-add 
 
 from __future__ import annotations
 
+import logging
 import math
 import statistics
 import time
@@ -28,8 +29,12 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.benchmark import Timer
-from torch.utils.flop_counter import FlopCounterMode
+
+# torch.utils.benchmark imports torch.utils.cpp_extension, which warns "No CUDA runtime is found" on every CPU-only
+# machine that has a CUDA_HOME; that says nothing about our measurements, so keep it out of every `kb run`.
+logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+from torch.utils.benchmark import Timer  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 __all__ = [
     "accuracy_stats",
