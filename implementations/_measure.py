@@ -39,6 +39,7 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 __all__ = [
     "accuracy_stats",
     "beats",
+    "versus",
     "count_flops",
     "count_nonzero",
     "count_params",
@@ -75,6 +76,13 @@ def beats(method: Sequence[float], baseline: Sequence[float]) -> bool:
         return mean > 0
     sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1))
     return mean > 0 and mean > sd / math.sqrt(len(diffs))
+
+
+def versus(method: Sequence[float], baseline: Sequence[float]) -> str:
+    """`"beats"`, `"loses to"` or `"is within noise of"`: `method` against `baseline` by the `beats` rule both ways."""
+    if beats(method, baseline):
+        return "beats"
+    return "loses to" if beats(baseline, method) else "is within noise of"
 
 
 def count_params(model: nn.Module) -> int:

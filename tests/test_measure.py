@@ -23,6 +23,7 @@ from implementations._measure import (
     model_row,
     quantized_bytes,
     sparse_bytes,
+    versus,
 )
 
 
@@ -113,3 +114,9 @@ def test_gpu_benchmark_script_runs_on_cpu(tmp_path: Path) -> None:
     assert [r["mode"] for r in report["results"]] == ["baseline", "optimized", "optimized+cache"]
     assert report["results"][0]["speedup"] == 1.0 and all(r["images_per_s"] > 0 for r in report["results"])
     assert "speedup" in proc.stdout and report["args"]["steps"] == 3
+
+
+def test_versus_names_the_direction_only_beyond_noise() -> None:
+    assert versus([71.0, 72.0, 73.0], [70.0, 71.0, 72.0]) == "beats"
+    assert versus([70.0, 71.0, 72.0], [71.0, 72.0, 73.0]) == "loses to"
+    assert versus([74.0, 68.0, 71.0], [70.0, 70.0, 70.0]) == "is within noise of"

@@ -151,7 +151,7 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
     """Student alone, KD, AT, AT+KD and FitNets on identical students over `ctx.seeds`."""
     from implementations._data import load_dataset
     from implementations._harness import Supervised, evaluate, fit, seed_everything
-    from implementations._measure import accuracy_stats, beats, model_row
+    from implementations._measure import accuracy_stats, beats, model_row, versus
     from implementations._models import CNN1d
     from implementations._runner import save_accuracy_plot
     from implementations.distillation.fitnets_romero2015 import FitNet
@@ -251,7 +251,7 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
 
     def gain(a: str, b: str) -> str:
         d = m[a] - m[b]
-        verdict = "beats" if beats(acc[a], acc[b]) else ("loses to" if beats(acc[b], acc[a]) else "is within noise of")
+        verdict = versus(acc[a], acc[b])
         return f"{verdict} ({d:+.1f} points)"
 
     add_kd = beats(acc["student_at_kd"], acc["student_kd"])

@@ -326,7 +326,7 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
 
     from implementations._data import load_dataset
     from implementations._harness import fit, seed_everything
-    from implementations._measure import accuracy_stats, beats, count_flops, count_params
+    from implementations._measure import accuracy_stats, beats, count_flops, count_params, versus
     from implementations._runner import save_accuracy_plot
 
     s = SMALL
@@ -392,7 +392,7 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
 
     def cmp(a: str, b: str) -> str:
         """`a` against `b` by the paired-seed `beats` rule."""
-        return "beats" if beats(acc[a], acc[b]) else ("loses to" if beats(acc[b], acc[a]) else "is within noise of")
+        return versus(acc[a], acc[b])
 
     helping = [k for k in gains if beats(acc[k], acc["student"])]
     top = max(helping, key=gains.get) if helping else None

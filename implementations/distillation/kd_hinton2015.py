@@ -371,11 +371,11 @@ def question_rows(s: dict, student_cols: dict, compact_cols: dict, acc: dict[str
 
 def question_answers(acc: dict[str, list[float]], mean: dict[str, float]) -> list[dict[str, str]]:
     """Answers from the paired-seed `beats` rule on the extra rows."""
-    from implementations._measure import beats
+    from implementations._measure import beats, versus
 
     def cmp(a: str, b: str) -> str:
         d = mean[a] - mean[b]
-        word = "beats" if beats(acc[a], acc[b]) else ("loses to" if beats(acc[b], acc[a]) else "is within noise of")
+        word = versus(acc[a], acc[b])
         return f"{word} ({d:+.1f} points)"
 
     kd_vs_ls = beats(acc["student_kd"], acc["kd_smoothed"])

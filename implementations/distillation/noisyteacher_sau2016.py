@@ -148,7 +148,7 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
 
     from implementations._data import load_dataset
     from implementations._harness import Supervised, evaluate, fit, seed_everything
-    from implementations._measure import accuracy_stats, beats, model_row
+    from implementations._measure import accuracy_stats, beats, model_row, versus
     from implementations._models import CNN1d
     from implementations._runner import save_accuracy_plot
     from implementations.distillation.mimic_ba2014 import shallow_mimic_net
@@ -244,13 +244,7 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
 
     sweep = ", ".join(f"sigma={sg:g}: {m[_name(sg)]:.2f}%" for sg in s["sigmas"])
     kd_gain = m["kd_noisy"] - m["kd"]
-    kd_word = (
-        "beats"
-        if beats(acc["kd_noisy"], acc["kd"])
-        else "loses to"
-        if beats(acc["kd"], acc["kd_noisy"])
-        else "is within noise of"
-    )
+    kd_word = versus(acc["kd_noisy"], acc["kd"])
     paired = ", ".join(f"{b - a:+.1f}" for a, b in zip(acc["mimic"], acc[default], strict=True))
     answer = (
         ("Yes" if kd_word == "beats" else "No" if kd_word == "loses to" else "Not measurably")
@@ -261,7 +255,7 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
 
     def cmp(a: str, b: str) -> str:
         """`a` against `b` by the paired-seed `beats` rule."""
-        return "beats" if beats(acc[a], acc[b]) else ("loses to" if beats(acc[b], acc[a]) else "is within noise of")
+        return versus(acc[a], acc[b])
 
     real, noisy = cmp("several_teachers", "mimic"), cmp(default, "mimic")
     several_answer = (

@@ -158,7 +158,7 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
     """Plain classifier, rotation augmentation (DA), SLA (single / aggregated) and SLA+SD on sklearn digits."""
     from implementations._data import load_dataset
     from implementations._harness import Supervised, evaluate, fit, seed_everything
-    from implementations._measure import accuracy_stats, beats, model_row
+    from implementations._measure import accuracy_stats, beats, model_row, versus
     from implementations._models import build_model
     from implementations._runner import save_accuracy_plot
 
@@ -238,7 +238,7 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
     def cmp(a: str, b: str) -> str:
         """`a` against `b` by the paired-seed `beats` rule, with the mean difference."""
         d = mean[a] - mean[b]
-        word = "beats" if beats(acc[a], acc[b]) else ("loses to" if beats(acc[b], acc[a]) else "is within noise of")
+        word = versus(acc[a], acc[b])
         return f"{word} ({d:+.2f} points)"
 
     if beats(acc["sla_sd_ag"], acc["baseline"]):
