@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from implementations.distillation._base import Distiller
+from implementations.distillation._base import CachedTeacher, Distiller
 
 if TYPE_CHECKING:
     from implementations._harness import RunContext
@@ -164,13 +164,15 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
             checkpoint=ctx.checkpoint(f"seed{seed}_teacher"),
             **train,
         )
-        teachers: dict[str, nn.Module | None] = {"student": None, "student_kd": teacher}
+        # without augmentation every KD student sees the same inputs: compute each teacher's outputs once
+        cached = (lambda t: CachedTeacher(t, data.x_train)) if augment is None else (lambda t: t)  # noqa: E731
+        teachers: dict[str, nn.Module | None] = {"student": None, "student_kd": cached(teacher)}
         acc.setdefault("teacher", []).append(evaluate(teacher, data))
         for epoch in snapshots:
             weak = new(s["teacher"]).to(ctx.device)
             weak.load_state_dict(states[epoch])
             acc.setdefault(f"teacher_ep{epoch}", []).append(evaluate(weak, data))
-            teachers[f"kd_teacher_ep{epoch}"] = weak
+            teachers[f"kd_teacher_ep{epoch}"] = cached(weak)
         for name, teacher_used in teachers.items():
             seed_everything(seed)  # every student starts from the same initialisation
             student = new(s["student"])
@@ -178,7 +180,7 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
             fit(task, student.parameters(), data, seed=seed, checkpoint=ctx.checkpoint(f"seed{seed}_{name}"), **train)
             acc.setdefault(name, []).append(evaluate(student, data))
         if ctx.profile != "full":  # the open-question experiments (small profile only)
-            question_runs(seed, teacher, data, s, train, new, acc)
+            question_runs(seed, teachers["student_kd"], data, s, train, new, acc)
 
     cfg = Config()
     kd_extra = {"temperature": cfg.temperature, "alpha": cfg.alpha}

@@ -111,3 +111,19 @@ def test_quick_reproduction_is_schema_valid(tmp_path: Path, monkeypatch: pytest.
     assert result.answers and "teacher" in result.answers[0].question.lower()
     assert (tmp_path / "results" / "figures" / "kd_hinton2015_accuracy.png").stat().st_size > 1000
     assert result.figures == ["results/figures/kd_hinton2015_accuracy.png"]
+
+
+def test_cached_teacher_returns_the_teachers_outputs_and_falls_back_off_cache() -> None:
+    from implementations.distillation._base import CachedTeacher
+
+    torch.manual_seed(0)
+    teacher = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    train_x, other_x = torch.randn(50, 6), torch.randn(4, 6)
+    cached = CachedTeacher(teacher, train_x, batch_size=16)
+    with torch.no_grad():
+        batch = train_x[torch.tensor([7, 3, 49, 3])]
+        assert torch.allclose(cached(batch), teacher(batch), atol=1e-6)
+        assert torch.equal(cached(batch), cached.outputs[torch.tensor([7, 3, 49, 3])])  # a lookup, not a pass
+        mixed = torch.cat([train_x[:2], other_x[:1]])
+        assert torch.allclose(cached(mixed), teacher(mixed), atol=1e-6)  # one unknown row: the teacher runs
+    assert "outputs" not in cached.state_dict() and not any(p.requires_grad for p in cached.parameters())
