@@ -447,7 +447,8 @@ def home_page(data: SiteData) -> str:
            "checks the paper's headline claim. Numbers are tagged: "
            '<span class="kb-badge reported">reported</span> by the paper, '
            '<span class="kb-badge ours">our run</span> measured by our own reproductions.', "",
-           "| Category | Papers | Implemented | Tested | Reproduced | Not reproduced | Not yet run |",
+           '<div class="kb-compact" markdown>', "",
+           "| Category | Papers | Implemented | Tested | Reproduced | Not reproduced | Not run |",
            "|---|---|---|---|---|---|---|"]
     totals = [0] * 6
     for cat in CATEGORIES:
@@ -459,9 +460,10 @@ def home_page(data: SiteData) -> str:
                sum(verdict(data, p.id) is None for p in group)]
         totals = [a + b for a, b in zip(totals, row, strict=True)]
         out.append(f"| [{CATEGORY_TITLES[cat]}](categories/{cat}.md) | " + " | ".join(map(str, row)) + " |")
-    out.append("| **All** | " + " | ".join(f"**{t}**" for t in totals) + " |")
+    out += ["| **All** | " + " | ".join(f"**{t}**" for t in totals) + " |", "", "</div>"]
     out += ["", "*Tested*: the paper's math tests exist (`tests/implementations/test_<id>.py`); *Reproduced*: its "
-            "reproduction ran and the paper's headline claim held in direction at our scale.", "",
+            "reproduction ran and the paper's headline claim held at our scale (a win counts only beyond seed noise: "
+            "the mean gain must exceed one standard error of the per-seed paired difference).", "",
             "See also: [open questions from the notes](open-questions.md) · [bibliography](bibliography.md) "
             "([download all papers as BibTeX](registry.bib)).", "",
             "## Run it yourself", "",
