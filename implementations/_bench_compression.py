@@ -205,7 +205,7 @@ def _unstructured_methods(s: _Setup, sparsity: float) -> list[tuple[str, str, bo
 
 
 def _keep(scores: list[Tensor], fraction: float) -> list[Tensor]:
-    from implementations.pruning.l1filter_li2017 import keep_top
+    from implementations.pruning._base import keep_top
 
     return [keep_top(sc, sc.numel() - math.floor(fraction * sc.numel())) for sc in scores]
 
@@ -221,7 +221,7 @@ def _structured_methods(s: _Setup, fraction: float) -> list[tuple[str, str, bool
         taylor_molchanov2017,
         thinet_luo2017,
     )
-    from implementations.pruning.l1filter_li2017 import channel_units, prune_channels
+    from implementations.pruning._base import channel_units, prune_channels
 
     def by_scores(score_fn: Callable[[nn.Module], list[Tensor]]) -> Callable[[], nn.Module]:
         def run() -> nn.Module:

@@ -5,6 +5,10 @@ shape (higher = more important) and/or a structured method. Masks go through `to
 layer computes with $W \odot M$ and the mask survives `state_dict()`. For a sparsity $s$ over $n$ scores,
 `topk_mask` zeroes exactly $\lfloor s n \rfloor$ entries: the ones with the smallest scores (ties broken by index).
 
+Channel surgery for structured methods on the zoo's MLP, CNN1d and CNN2d: `channel_units` lists the removable
+stages, `mask_channels` zeroes channels through prune masks, and `prune_channels` returns a physically smaller copy
+that computes what the masked model computes. `size_rows` measures rows (sizes, FLOPs, interleaved latency).
+
 `smoke_task(entrypoint)` adapts a paper's entry point to the harness contract for the generic smoke test: a class
 or function may define its own `smoke_task()`; a plain score function gets a tiny MLP pruned to 50% per layer.
 """
@@ -13,21 +17,25 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils import prune
 
 from implementations._harness import Supervised
-from implementations._models import build_model
+from implementations._models import MLP, CNN1d, CNN2d, build_model
 
 __all__ = [
     "PRUNABLE",
     "apply_masks",
+    "channel_units",
     "global_masks",
+    "keep_top",
     "layer_masks",
+    "mask_channels",
     "prunable_layers",
+    "prune_channels",
     "remove_masks",
     "size_rows",
     "smoke_task",
@@ -177,6 +185,111 @@ def size_rows(
         row["extra"] = {"latency_ms_batch256": batched[name], "sparse_bytes": sparse_bytes(model)}
         rows[name] = row
     return rows
+
+
+def keep_top(scores: Tensor, n_keep: int) -> Tensor:
+    """Sorted indices of the `n_keep` highest scores (among ties the lower index is removed first)."""
+    order = torch.sort(scores.detach(), stable=True).indices  # ascending
+    return order[scores.numel() - n_keep :].sort().values
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Channel surgery on the `_models` networks (MLP neurons, CNN1d/CNN2d conv channels)
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def channel_units(model: nn.Module) -> tuple[list[tuple[nn.Module, nn.Module | None]], nn.Linear]:
+    """`([(producer, batch_norm_or_None), ...], head)`: one entry per hidden stage whose outputs can be removed."""
+    if isinstance(model, MLP):
+        return [(layer, None) for layer in model.layers], model.head
+    if isinstance(model, CNN1d | CNN2d):
+        units = []
+        for stage in model.stages:
+            conv = next(m for m in stage.modules() if isinstance(m, nn.Conv1d | nn.Conv2d))
+            norm = next((m for m in stage.modules() if isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d)), None)
+            units.append((conv, norm))
+        return units, model.head
+    raise TypeError(f"channel surgery supports MLP, CNN1d and CNN2d, not {type(model).__name__}")
+
+
+def _fold_masks(model: nn.Module) -> None:
+    """Make every `torch.nn.utils.prune` re-parametrisation permanent (any parameter name, not only `weight`)."""
+    for module in model.modules():
+        for hook in list(module._forward_pre_hooks.values()):
+            if isinstance(hook, prune.BasePruningMethod):
+                prune.remove(module, hook._tensor_name)
+
+
+def _select(module: nn.Module, name: str, dim: int, index: Tensor) -> None:
+    tensor = getattr(module, name)
+    if tensor is None:
+        return
+    kept = tensor.detach().index_select(dim, index.to(tensor.device)).clone()
+    setattr(module, name, nn.Parameter(kept) if isinstance(tensor, nn.Parameter) else kept)
+
+
+def _sync_shape(module: nn.Module) -> None:
+    if isinstance(module, nn.Linear):
+        module.out_features, module.in_features = module.weight.shape
+    elif isinstance(module, nn.Conv1d | nn.Conv2d):
+        module.out_channels, module.in_channels = module.weight.shape[:2]
+    else:  # batch norm
+        module.num_features = module.weight.shape[0]
+
+
+def prune_channels(model: nn.Module, keep: Sequence[Tensor | None]) -> nn.Module:
+    """A physically smaller copy of `model` that keeps only the channels `keep[i]` of hidden stage `i`.
+
+    Removes rows of the producer (weight, bias), entries of its batch norm (gamma, beta, running stats), and the
+    matching input channels of the next layer, or the matching `C x L` input columns of a flattening head.
+
+    Args:
+        model: An MLP, CNN1d or CNN2d (masks from `torch.nn.utils.prune` are folded in first).
+        keep: Per hidden stage, the channel indices to keep, or None to keep the stage whole.
+    """
+    model = copy.deepcopy(model)
+    _fold_masks(model)
+    units, head = channel_units(model)
+    for i, index in enumerate(keep):
+        if index is None:
+            continue
+        index = torch.as_tensor(index, dtype=torch.long).sort().values  # (C_keep,)
+        producer, norm = units[i]
+        n_out = producer.weight.shape[0]
+        for name in ("weight", "bias"):
+            _select(producer, name, 0, index)
+        _sync_shape(producer)
+        if norm is not None:
+            for name in ("weight", "bias", "running_mean", "running_var"):
+                _select(norm, name, 0, index)
+            _sync_shape(norm)
+        consumer = units[i + 1][0] if i + 1 < len(units) else head
+        if consumer is head:  # CNN1d flattens (C, L) channel-major into the head: column c*L + l
+            per = head.in_features // n_out
+            index = (index[:, None] * per + torch.arange(per)[None, :]).flatten()  # (C_keep * L,)
+        _select(consumer, "weight", 1, index)
+        _sync_shape(consumer)
+    return model
+
+
+def mask_channels(model: nn.Module, keep: Sequence[Tensor | None]) -> None:
+    r"""Zero, in place and through `torch.nn.utils.prune` masks, every channel not in `keep[i]`.
+
+    The producer's rows and bias, and the batch norm's $\gamma$ and $\beta$ are masked, so a removed channel
+    outputs exactly 0 after the ReLU and the masked model computes what `prune_channels` computes.
+    """
+    units, _ = channel_units(model)
+    for (producer, norm), index in zip(units, keep, strict=False):
+        if index is None:
+            continue
+        weight = producer.weight
+        alive = torch.zeros(weight.shape[0], device=weight.device)
+        alive[torch.as_tensor(index, dtype=torch.long)] = 1.0  # (C,)
+        shape = (-1,) + (1,) * (weight.dim() - 1)
+        prune.custom_from_mask(producer, "weight", alive.view(shape).expand_as(weight).clone())
+        for module, name in ((producer, "bias"), (norm, "weight"), (norm, "bias")):
+            if module is not None and getattr(module, name, None) is not None:
+                prune.custom_from_mask(module, name, alive.clone())
 
 
 def smoke_task(entrypoint: object, batch_size: int = 8, num_classes: int = 10, seed: int = 0):

@@ -180,7 +180,7 @@ def conv_datafree_prune(model: nn.Module, fraction: float, surgery: bool = True)
     Returns:
         A physically thinner copy.
     """
-    from implementations.pruning.l1filter_li2017 import channel_units, prune_channels
+    from implementations.pruning._base import channel_units, prune_channels
 
     new = copy.deepcopy(model).eval()
     units, head = channel_units(new)
@@ -225,7 +225,7 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
     from implementations._harness import Supervised, evaluate, fit, seed_everything
     from implementations._measure import accuracy_stats, beats, count_params, interleaved_latency, model_row
     from implementations._models import MLP, build_model
-    from implementations.pruning.l1filter_li2017 import channel_units, keep_top, prune_channels
+    from implementations.pruning._base import channel_units, keep_top, prune_channels
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the machine is shared: one thread per run is ~10x faster than oversubscription

@@ -13,13 +13,13 @@ The $m_i = \lfloor r_i\, n_{i+1} \rfloor$ filters with the smallest $s_{i,j}$ ar
 maps and the matching input kernels of layer $i+1$ (input columns of the classifier for the last conv), so the
 network stays dense and both layers' FLOPs drop by the factor $(1 - r_i)$; it is then retrained once.
 
-This module also holds the channel surgery the other structured-pruning papers reuse: `channel_units`,
-`mask_channels` (zero channels with `torch.nn.utils.prune` masks) and `prune_channels` (physically remove them).
+The channel surgery it uses is shared with the other structured-pruning papers and lives in `pruning/_base.py`:
+`channel_units`, `mask_channels` (zero channels with `torch.nn.utils.prune` masks) and `prune_channels` (physically
+remove them).
 """
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,10 +29,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.utils import prune
 
-from implementations._models import MLP, CNN1d, CNN2d, build_model
-from implementations.pruning._base import size_rows
+from implementations._models import CNN1d, build_model
+from implementations.pruning._base import channel_units, keep_top, prune_channels, size_rows
 
 if TYPE_CHECKING:
     from implementations._harness import RunContext
@@ -40,11 +39,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Config",
     "L1FilterPruning",
-    "channel_units",
-    "keep_top",
     "l1_filter_scores",
-    "mask_channels",
-    "prune_channels",
     "reproduce",
     "size_row",
 ]
@@ -77,111 +72,6 @@ def l1_filter_scores(weight: Tensor) -> Tensor:
         Scores, shape `(C_out,)`.
     """
     return weight.detach().abs().flatten(1).sum(dim=1)
-
-
-def keep_top(scores: Tensor, n_keep: int) -> Tensor:
-    """Sorted indices of the `n_keep` highest scores (among ties the lower index is removed first)."""
-    order = torch.sort(scores.detach(), stable=True).indices  # ascending
-    return order[scores.numel() - n_keep :].sort().values
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Channel surgery on the `_models` networks (MLP neurons, CNN1d/CNN2d conv channels)
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-def channel_units(model: nn.Module) -> tuple[list[tuple[nn.Module, nn.Module | None]], nn.Linear]:
-    """`([(producer, batch_norm_or_None), ...], head)`: one entry per hidden stage whose outputs can be removed."""
-    if isinstance(model, MLP):
-        return [(layer, None) for layer in model.layers], model.head
-    if isinstance(model, CNN1d | CNN2d):
-        units = []
-        for stage in model.stages:
-            conv = next(m for m in stage.modules() if isinstance(m, nn.Conv1d | nn.Conv2d))
-            norm = next((m for m in stage.modules() if isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d)), None)
-            units.append((conv, norm))
-        return units, model.head
-    raise TypeError(f"channel surgery supports MLP, CNN1d and CNN2d, not {type(model).__name__}")
-
-
-def _fold_masks(model: nn.Module) -> None:
-    """Make every `torch.nn.utils.prune` re-parametrisation permanent (any parameter name, not only `weight`)."""
-    for module in model.modules():
-        for hook in list(module._forward_pre_hooks.values()):
-            if isinstance(hook, prune.BasePruningMethod):
-                prune.remove(module, hook._tensor_name)
-
-
-def _select(module: nn.Module, name: str, dim: int, index: Tensor) -> None:
-    tensor = getattr(module, name)
-    if tensor is None:
-        return
-    kept = tensor.detach().index_select(dim, index.to(tensor.device)).clone()
-    setattr(module, name, nn.Parameter(kept) if isinstance(tensor, nn.Parameter) else kept)
-
-
-def _sync_shape(module: nn.Module) -> None:
-    if isinstance(module, nn.Linear):
-        module.out_features, module.in_features = module.weight.shape
-    elif isinstance(module, nn.Conv1d | nn.Conv2d):
-        module.out_channels, module.in_channels = module.weight.shape[:2]
-    else:  # batch norm
-        module.num_features = module.weight.shape[0]
-
-
-def prune_channels(model: nn.Module, keep: Sequence[Tensor | None]) -> nn.Module:
-    """A physically smaller copy of `model` that keeps only the channels `keep[i]` of hidden stage `i`.
-
-    Removes rows of the producer (weight, bias), entries of its batch norm (gamma, beta, running stats), and the
-    matching input channels of the next layer, or the matching `C x L` input columns of a flattening head.
-
-    Args:
-        model: An MLP, CNN1d or CNN2d (masks from `torch.nn.utils.prune` are folded in first).
-        keep: Per hidden stage, the channel indices to keep, or None to keep the stage whole.
-    """
-    model = copy.deepcopy(model)
-    _fold_masks(model)
-    units, head = channel_units(model)
-    for i, index in enumerate(keep):
-        if index is None:
-            continue
-        index = torch.as_tensor(index, dtype=torch.long).sort().values  # (C_keep,)
-        producer, norm = units[i]
-        n_out = producer.weight.shape[0]
-        for name in ("weight", "bias"):
-            _select(producer, name, 0, index)
-        _sync_shape(producer)
-        if norm is not None:
-            for name in ("weight", "bias", "running_mean", "running_var"):
-                _select(norm, name, 0, index)
-            _sync_shape(norm)
-        consumer = units[i + 1][0] if i + 1 < len(units) else head
-        if consumer is head:  # CNN1d flattens (C, L) channel-major into the head: column c*L + l
-            per = head.in_features // n_out
-            index = (index[:, None] * per + torch.arange(per)[None, :]).flatten()  # (C_keep * L,)
-        _select(consumer, "weight", 1, index)
-        _sync_shape(consumer)
-    return model
-
-
-def mask_channels(model: nn.Module, keep: Sequence[Tensor | None]) -> None:
-    r"""Zero, in place and through `torch.nn.utils.prune` masks, every channel not in `keep[i]`.
-
-    The producer's rows and bias, and the batch norm's $\gamma$ and $\beta$ are masked, so a removed channel
-    outputs exactly 0 after the ReLU and the masked model computes what `prune_channels` computes.
-    """
-    units, _ = channel_units(model)
-    for (producer, norm), index in zip(units, keep, strict=False):
-        if index is None:
-            continue
-        weight = producer.weight
-        alive = torch.zeros(weight.shape[0], device=weight.device)
-        alive[torch.as_tensor(index, dtype=torch.long)] = 1.0  # (C,)
-        shape = (-1,) + (1,) * (weight.dim() - 1)
-        prune.custom_from_mask(producer, "weight", alive.view(shape).expand_as(weight).clone())
-        for module, name in ((producer, "bias"), (norm, "weight"), (norm, "bias")):
-            if module is not None and getattr(module, name, None) is not None:
-                prune.custom_from_mask(module, name, alive.clone())
 
 
 def size_row(model: nn.Module, input_shape: Sequence[int], profile: str = "default") -> dict[str, Any]:

@@ -36,8 +36,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from implementations._models import build_model
-from implementations.pruning._base import apply_masks, prunable_layers, remove_masks
-from implementations.pruning.l1filter_li2017 import channel_units, prune_channels
+from implementations.pruning._base import apply_masks, channel_units, prunable_layers, prune_channels, remove_masks
 
 if TYPE_CHECKING:
     from implementations._harness import RunContext

@@ -30,8 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from implementations._models import build_model
-from implementations.pruning._base import size_rows
-from implementations.pruning.l1filter_li2017 import channel_units, keep_top, prune_channels
+from implementations.pruning._base import channel_units, keep_top, prune_channels, size_rows
 
 if TYPE_CHECKING:
     from implementations._data import TensorData

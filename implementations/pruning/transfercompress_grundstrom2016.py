@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from implementations.pruning.l1filter_li2017 import channel_units, keep_top, l1_filter_scores, prune_channels
+from implementations.pruning._base import channel_units, keep_top, prune_channels
+from implementations.pruning.l1filter_li2017 import l1_filter_scores
 
 if TYPE_CHECKING:
     from implementations._data import TensorData

@@ -7,8 +7,8 @@ from pathlib import Path
 import torch
 
 from implementations._models import build_model
+from implementations.pruning._base import keep_top, prune_channels
 from implementations.pruning.apoz_hu2016 import apoz_scores, layer_apoz, trim
-from implementations.pruning.l1filter_li2017 import keep_top, prune_channels
 
 
 def test_apoz_counts_exact_zeros_over_examples_and_positions() -> None:

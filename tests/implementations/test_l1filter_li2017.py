@@ -9,14 +9,8 @@ import torch
 from torch import nn
 
 from implementations._models import build_model
-from implementations.pruning.l1filter_li2017 import (
-    L1FilterPruning,
-    channel_units,
-    keep_top,
-    l1_filter_scores,
-    mask_channels,
-    prune_channels,
-)
+from implementations.pruning._base import channel_units, keep_top, mask_channels, prune_channels
+from implementations.pruning.l1filter_li2017 import L1FilterPruning, l1_filter_scores
 
 
 def _randomise_bn(model: nn.Module) -> nn.Module:

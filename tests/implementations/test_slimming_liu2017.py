@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from implementations._models import build_model
-from implementations.pruning.l1filter_li2017 import mask_channels
+from implementations.pruning._base import mask_channels
 from implementations.pruning.slimming_liu2017 import Config, NetworkSlimming, scale_penalty, slimming_keep
 
 

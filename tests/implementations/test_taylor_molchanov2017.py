@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from implementations._models import build_model
-from implementations.pruning.l1filter_li2017 import channel_units
+from implementations.pruning._base import channel_units
 from implementations.pruning.taylor_molchanov2017 import TaylorPruning, layer_normalise, taylor_scores
 
 
