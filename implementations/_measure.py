@@ -78,11 +78,16 @@ def beats(method: Sequence[float], baseline: Sequence[float]) -> bool:
     return mean > 0 and mean > sd / math.sqrt(len(diffs))
 
 
-def versus(method: Sequence[float], baseline: Sequence[float]) -> str:
-    """`"beats"`, `"loses to"` or `"is within noise of"`: `method` against `baseline` by the `beats` rule both ways."""
-    if beats(method, baseline):
-        return "beats"
-    return "loses to" if beats(baseline, method) else "is within noise of"
+def versus(method: Sequence[float], baseline: Sequence[float], digits: int | None = None) -> str:
+    """`"beats"`, `"loses to"` or `"is within noise of"`: `method` against `baseline` by the `beats` rule both ways.
+
+    With `digits`, the mean paired difference follows, e.g. `"beats (+1.25 points)"`.
+    """
+    word = "beats" if beats(method, baseline) else "loses to" if beats(baseline, method) else "is within noise of"
+    if digits is None:
+        return word
+    diff = statistics.fmean(method) - statistics.fmean(baseline)
+    return f"{word} ({diff:+.{digits}f} points)"
 
 
 def count_params(model: nn.Module) -> int:

@@ -120,3 +120,4 @@ def test_versus_names_the_direction_only_beyond_noise() -> None:
     assert versus([71.0, 72.0, 73.0], [70.0, 71.0, 72.0]) == "beats"
     assert versus([70.0, 71.0, 72.0], [71.0, 72.0, 73.0]) == "loses to"
     assert versus([74.0, 68.0, 71.0], [70.0, 70.0, 70.0]) == "is within noise of"
+    assert versus([71.0, 72.0, 73.0], [70.0, 71.0, 72.0], digits=2) == "beats (+1.00 points)"

@@ -250,9 +250,7 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
     figure = save_accuracy_plot(rows, ctx, "at_zagoruyko2017", title=f"Attention transfer on {data.name}")
 
     def gain(a: str, b: str) -> str:
-        d = m[a] - m[b]
-        verdict = versus(acc[a], acc[b])
-        return f"{verdict} ({d:+.1f} points)"
+        return versus(acc[a], acc[b], digits=1)
 
     add_kd = beats(acc["student_at_kd"], acc["student_kd"])
     a1 = (

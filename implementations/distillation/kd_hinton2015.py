@@ -376,9 +376,7 @@ def question_answers(acc: dict[str, list[float]], mean: dict[str, float]) -> lis
     from implementations._measure import beats, versus
 
     def cmp(a: str, b: str) -> str:
-        d = mean[a] - mean[b]
-        word = versus(acc[a], acc[b])
-        return f"{word} ({d:+.1f} points)"
+        return versus(acc[a], acc[b], digits=1)
 
     kd_vs_ls = beats(acc["student_kd"], acc["kd_smoothed"])
     ls_vs_alone = beats(acc["kd_smoothed"], acc["student"])

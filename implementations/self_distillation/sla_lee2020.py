@@ -237,9 +237,7 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
 
     def cmp(a: str, b: str) -> str:
         """`a` against `b` by the paired-seed `beats` rule, with the mean difference."""
-        d = mean[a] - mean[b]
-        word = versus(acc[a], acc[b])
-        return f"{word} ({d:+.2f} points)"
+        return versus(acc[a], acc[b], digits=2)
 
     if beats(acc["sla_sd_ag"], acc["baseline"]):
         kept = (
