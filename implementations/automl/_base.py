@@ -141,10 +141,10 @@ class ChannelPruner:
     @torch.no_grad()
     def __call__(self, keep: Sequence[int]) -> CNN1d:
         """The pruned model (eval mode) with `keep[l]` channels in stage `l`."""
-        from implementations.pruning.sfp_he2018 import remove_filters
+        from implementations.pruning._base import prune_channels
 
         index = self.indices(keep)
-        thin = remove_filters(self.model, index).eval()
+        thin = prune_channels(self.model, index).eval()
         if not self.grams:
             return thin
         for i in range(1, len(self.model.stages)):

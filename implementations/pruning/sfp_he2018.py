@@ -32,7 +32,6 @@ with the running variance $\sigma_j^2$; `Config(score="raw")` keeps the plain co
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -40,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from implementations.pruning._base import apply_masks, remove_masks, topk_mask
+from implementations.pruning._base import apply_masks, prune_channels, remove_masks, topk_mask
 
 if TYPE_CHECKING:
     from implementations._harness import RunContext
@@ -50,7 +49,6 @@ __all__ = [
     "SoftFilterPruning",
     "bn_folded_norms",
     "filter_norms",
-    "remove_filters",
     "reproduce",
 ]
 
@@ -78,49 +76,6 @@ def bn_folded_norms(conv: nn.Module, norm: nn.Module, p: float = 2.0) -> Tensor:
         scale = norm.weight.detach().abs() / torch.sqrt(norm.running_var + norm.eps)  # (N_out,)
         scores = scores * scale
     return scores
-
-
-def remove_filters(model: nn.Module, keep: Sequence[Tensor]) -> nn.Module:
-    """Physically drop filters of a `CNN1d`-like model (stages of conv, norm, ReLU, then a linear head).
-
-    Args:
-        model: Model with `stages` (each `Sequential(conv, BatchNorm or Identity, ReLU)`) and a linear `head` on the
-            flattened `(C, L)` output of the last stage. Pruning masks must already be folded in.
-        keep: For each stage, the indices of the output channels to keep.
-
-    Returns:
-        A thinner copy: conv filters, BN entries and the next layer's input channels (or head columns) removed.
-    """
-    new = copy.deepcopy(model)
-    previous = None  # channels kept at the input of the current stage
-    for stage, idx in zip(new.stages, keep, strict=True):
-        idx = torch.as_tensor(idx, dtype=torch.long).sort().values
-        conv, norm = stage[0], stage[1]
-        weight = conv.weight.detach()[idx]  # (C_keep, C_in, K)
-        if previous is not None:
-            weight = weight[:, previous]
-        thin = type(conv)(
-            weight.shape[1], len(idx), conv.kernel_size, conv.stride, conv.padding, bias=conv.bias is not None
-        )
-        with torch.no_grad():
-            thin.weight.copy_(weight)
-            if conv.bias is not None:
-                thin.bias.copy_(conv.bias[idx])
-        stage[0] = thin
-        if isinstance(norm, nn.modules.batchnorm._BatchNorm):
-            thin_norm = type(norm)(len(idx), eps=norm.eps, momentum=norm.momentum)
-            state = {k: v[idx] if v.dim() == 1 else v for k, v in norm.state_dict().items()}
-            thin_norm.load_state_dict(state)
-            stage[1] = thin_norm
-        previous = idx
-    length = new.head.in_features // model.stages[-1][0].out_channels  # positions per channel in the flatten
-    columns = (previous[:, None] * length + torch.arange(length)[None, :]).flatten()  # channel-major flatten
-    head = nn.Linear(len(columns), new.head.out_features)
-    with torch.no_grad():
-        head.weight.copy_(new.head.weight[:, columns])
-        head.bias.copy_(new.head.bias)
-    new.head = head
-    return new.train(model.training)  # fresh modules start in training mode
 
 
 class SoftFilterPruning(nn.Module):
@@ -173,7 +128,7 @@ class SoftFilterPruning(nn.Module):
             if isinstance(stage[1], nn.modules.batchnorm._BatchNorm):
                 stage[1].weight[gone] = 0.0
                 stage[1].bias[gone] = 0.0
-        return remove_filters(model, [(~gone).nonzero().squeeze(1) for gone in self.zeroed])
+        return prune_channels(model, [(~gone).nonzero().squeeze(1) for gone in self.zeroed])
 
     @classmethod
     def smoke_task(cls) -> tuple[SoftFilterPruning, Tensor, Tensor]:

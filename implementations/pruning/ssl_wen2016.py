@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from implementations._measure import cpu_time_ms, interleaved_latency
-from implementations.pruning.sfp_he2018 import remove_filters
+from implementations.pruning._base import prune_channels
 
 if TYPE_CHECKING:
     from implementations._harness import RunContext
@@ -140,7 +140,7 @@ class SSL(nn.Module):
             for stage in model.stages:
                 norms = stage[0].weight.flatten(1).norm(dim=1)  # (N,)
                 keep.append((norms >= self.cfg.threshold * norms.max()).nonzero().squeeze(1))
-            return remove_filters(model, keep)
+            return prune_channels(model, keep)
         if self.cfg.group == "shape":
             for stage in model.stages:
                 weight = stage[0].weight  # (N, C, K)
@@ -153,7 +153,7 @@ class SSL(nn.Module):
             gone = torch.ones(weight.shape[1], dtype=torch.bool)
             gone[kept] = False
             weight[:, gone] = 0.0  # the masked model: these input channels no longer contribute
-        return remove_filters(model, keep)
+        return prune_channels(model, keep)
 
     @staticmethod
     def shape_flops(model: nn.Module, input_shape: tuple[int, ...]) -> int:

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from implementations._measure import cpu_time_ms, interleaved_latency
-from implementations.pruning.sfp_he2018 import remove_filters
+from implementations.pruning._base import prune_channels
 
 if TYPE_CHECKING:
     from implementations._harness import RunContext
@@ -169,7 +169,7 @@ class ThiNet(nn.Module):
                 weight[:, keep] *= scales[None, :, None]
         full = [torch.arange(s[0].out_channels) for s in stages]
         full[i] = keep
-        self.model = remove_filters(self.model, full)
+        self.model = prune_channels(self.model, full)
         return keep
 
     def prune(self, x: Tensor, criterion: str = "thinet", seed: int = 0, between: Any = None) -> None:

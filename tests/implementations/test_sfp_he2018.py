@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from implementations._models import CNN1d
+from implementations.pruning._base import prune_channels
 from implementations.pruning.sfp_he2018 import (
     Config,
     SoftFilterPruning,
     bn_folded_norms,
     filter_norms,
-    remove_filters,
 )
 
 
@@ -77,7 +77,7 @@ def test_removed_filters_give_a_thinner_net_with_the_masked_outputs() -> None:
             stage[1].running_mean.uniform_(-0.5, 0.5)
             stage[1].running_var.uniform_(0.5, 2.0)
     keep = [torch.tensor([0, 2, 3]), torch.tensor([1, 4]), torch.tensor([0, 1, 3])]
-    thin = remove_filters(model, keep)
+    thin = prune_channels(model, keep)
     assert [tuple(s[0].weight.shape) for s in thin.stages] == [(3, 1, 5), (2, 3, 5), (3, 2, 5)]
     assert thin.head.in_features == 3 * 5 and thin.stages[0][1].running_mean.shape == (3,)
 
