@@ -194,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         "args": vars(args),
         "results": rows,
         "teacher_cache_s": cache_s,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from kb.pages import home_page, load_site_data, paper_page
+from kb.pages import gpu_results, home_page, load_site_data, paper_page
 from kb.registry import load_registry
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -132,3 +132,24 @@ def test_figures_are_drawn_in_the_background_and_failures_fail_the_build() -> No
     with pytest.raises(PluginError, match="no such column: accuracy"):
         site.on_env(None, None, None)
     site.on_post_build(None)
+
+
+def test_gpu_page_table_comes_from_cuda_reports_only(built: Path, tmp_path: Path) -> None:
+    import json
+
+    assert "No GPU numbers have been measured yet" in gpu_results(tmp_path)
+    folder = tmp_path / "results" / "gpu"
+    folder.mkdir(parents=True)
+    rows = [{"mode": "baseline", "batch_size": 64, "images_per_s": 1000.0, "speedup": 1.0},
+            {"mode": "optimized", "batch_size": 1024, "images_per_s": 12000.0, "speedup": 12.0},
+            {"mode": "optimized+cache", "batch_size": 1024, "images_per_s": 30000.0, "speedup": 30.0}]
+    (folder / "cpu.json").write_text(json.dumps({"device": "cpu (x86_64)", "results": rows}))
+    assert "No GPU numbers have been measured yet" in gpu_results(tmp_path)  # a CPU check is not a GPU number
+    (folder / "h100.json").write_text(json.dumps({"device": "cuda (NVIDIA H100)", "torch": "2.14.1", "args": {},
+                                                  "results": rows}))
+    table = gpu_results(tmp_path)
+    assert "| cuda (NVIDIA H100) | 2.14.1 | no | 1,000 | 12,000 | 30,000 | 12.0x | 30.0x | `h100.json` |" in table
+    assert "cpu.json" not in table
+    page = (built / "benchmarks" / "gpu" / "index.html").read_text(encoding="utf-8")
+    assert "kb:gpu-results" not in page and ("No GPU numbers have been measured yet" in page) == (
+        "No GPU numbers" in gpu_results(ROOT))

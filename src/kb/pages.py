@@ -14,7 +14,8 @@ from typing import Any
 
 from kb.schema import CATEGORIES, Paper, Registry
 
-__all__ = ["CATEGORY_TITLES", "SiteData", "bench_points", "bibliography_page", "category_page", "home_page",
+__all__ = ["CATEGORY_TITLES", "GPU_MARKER", "SiteData", "bench_points", "bibliography_page", "category_page",
+           "gpu_results", "home_page",
            "leaderboard", "load_site_data", "nav_label", "paper_page", "pareto_points", "questions_page",
            "shared_leaderboard"]
 
@@ -492,3 +493,38 @@ def bibliography_page(data: SiteData) -> str:
     return ("# Bibliography\n\n"
             f"All {len(data.registry.papers)} papers as BibTeX: [download registry.bib](registry.bib) "
             "(the same file `kb bib` prints).\n")
+
+
+#: Where `docs/benchmarks/gpu.md` wants the measured table; the site hook replaces it with `gpu_results(root)`.
+GPU_MARKER = "<!-- kb:gpu-results -->"
+
+
+def gpu_results(root: Path) -> str:
+    """The results table of the GPU benchmark, from the reports `scripts/bench_gpu_kd.py` wrote to `results/gpu/`.
+
+    Only reports measured on CUDA count (a CPU run is a functional check); with none, a warning says so.
+    """
+    reports = []
+    for path in sorted((root / "results" / "gpu").glob("*.json")):
+        report = json.loads(path.read_text(encoding="utf-8"))
+        if str(report.get("device", "")).startswith("cuda"):
+            reports.append((path.name, report))
+    if not reports:
+        return ('!!! warning "No GPU numbers have been measured yet"\n'
+                "    The script has only been checked on a CPU (`--device cpu --steps 3`, a functional check whose "
+                "timings say nothing about a GPU). A run on a GPU with `--out results/gpu/<gpu>.json` fills this "
+                "table.\n")
+    out = ['<span class="kb-badge ours">our run</span> Measured by `scripts/bench_gpu_kd.py`, one row per report in '
+           "`results/gpu/`.", "",
+           "| GPU | torch | compile | baseline (img/s) | optimized (img/s) | optimized+cache (img/s) | speed-up "
+           "(optimized / baseline) | speed-up with cache | report |", "|---|---|---|---|---|---|---|---|---|"]
+    for name, report in reports:
+        by_mode = {row["mode"]: row for row in report["results"]}
+        base, fast, cached = (by_mode.get(m, {}) for m in ("baseline", "optimized", "optimized+cache"))
+        out.append(f"| {_cell(report['device'])} | {report.get('torch', '?')} | "
+                   f"{'yes' if report.get('args', {}).get('compile') else 'no'} | "
+                   f"{base.get('images_per_s', 0):,.0f} | {fast.get('images_per_s', 0):,.0f} | "
+                   f"{cached.get('images_per_s', 0):,.0f} | {fast.get('speedup', 0):.1f}x | "
+                   f"{cached.get('speedup', 0):.1f}x | `{name}` |")
+    return "\n".join(out) + "\n"
+

@@ -66,9 +66,11 @@ def on_files(files: Any, config: Any) -> Any:
     from kb.bibtex import export_bibtex
     from kb.pages import (
         CATEGORY_TITLES,
+        GPU_MARKER,
         bench_points,
         bibliography_page,
         category_page,
+        gpu_results,
         home_page,
         paper_page,
         pareto_points,
@@ -105,6 +107,10 @@ def on_files(files: Any, config: Any) -> Any:
                     pareto_png, points, xlabel, CATEGORY_TITLES[category])
     for paper in data.registry.papers:
         generated[f"papers/{paper.id}.md"] = paper_page(data, paper)
+    gpu_page = Path(config.docs_dir) / "benchmarks" / "gpu.md"
+    if gpu_page.is_file():  # its results table comes from results/gpu/, never typed into the page
+        text = gpu_page.read_text(encoding="utf-8")
+        generated["benchmarks/gpu.md"] = text.replace(GPU_MARKER, gpu_results(data.root))
     for result in data.results.values():
         for fig in result.get("figures") or []:
             path = data.root / fig
