@@ -43,6 +43,7 @@ __all__ = [
     "bench_pruning",
     "bench_quantization",
     "bench_self_distillation",
+    "run_bench",
 ]
 
 #: family (registry category) -> the function of this module that runs its leaderboard
@@ -56,6 +57,20 @@ BENCHES = {
     "architecture": "bench_architecture",
     "automl": "bench_automl",
 }
+
+
+def run_bench(family: str, registry: Any, quick: bool = False, progress: bool = False) -> dict[str, Any]:
+    """Run the leaderboard of `family` with one CPU thread (the models are tiny: one thread is faster and repeatable).
+
+    The thread count is pinned here, once for every family, as `kb run` pins it for the papers.
+    """
+    function = globals()[BENCHES[family]]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return function(registry, quick=quick, progress=progress)
+    finally:
+        torch.set_num_threads(threads)
 
 
 @dataclass(frozen=True)
@@ -102,33 +117,28 @@ def bench_distillation(registry: Any, quick: bool = False, progress: bool = Fals
     acc: dict[str, list[float]] = {"teacher": [], "student": []}
     failures: dict[str, str] = {}
     started = time.perf_counter()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        for seed in cfg.seeds:
-            seed_everything(seed)
-            teacher = build_model(cfg.teacher[0], data.num_classes, data.input_shape, width=cfg.teacher[1])
-            train = dict(lr=cfg.lr, batch_size=cfg.batch_size, seed=seed, progress=progress)
-            fit(Supervised(teacher), teacher.parameters(), data, epochs=cfg.teacher_epochs, **train)
-            acc["teacher"].append(evaluate(teacher, data))
-            for name, entry in [("student", None), *methods]:
-                if name in failures:
-                    continue
-                seed_everything(seed)  # every student starts from the same weights
-                student = build_model(cfg.student[0], data.num_classes, data.input_shape, width=cfg.student[1])
-                try:
-                    # a fresh copy of the teacher: a method may wrap or extend it (e.g. a subclass head)
-                    task = Supervised(student) if entry is None else entry(student, copy.deepcopy(teacher))
-                    trainable = getattr(task, "trainable_parameters", None)
-                    params = trainable() if callable(trainable) else student.parameters()
-                    fit(task, params, data, epochs=cfg.epochs, **train)
-                except Exception as exc:  # noqa: BLE001 - one method's failure must not hide the others
-                    failures[name] = f"{type(exc).__name__}: {exc}"
-                    acc.pop(name, None)
-                    continue
-                acc.setdefault(name, []).append(evaluate(task, data))  # the task's forward is its prediction
-    finally:
-        torch.set_num_threads(threads)
+    for seed in cfg.seeds:
+        seed_everything(seed)
+        teacher = build_model(cfg.teacher[0], data.num_classes, data.input_shape, width=cfg.teacher[1])
+        train = dict(lr=cfg.lr, batch_size=cfg.batch_size, seed=seed, progress=progress)
+        fit(Supervised(teacher), teacher.parameters(), data, epochs=cfg.teacher_epochs, **train)
+        acc["teacher"].append(evaluate(teacher, data))
+        for name, entry in [("student", None), *methods]:
+            if name in failures:
+                continue
+            seed_everything(seed)  # every student starts from the same weights
+            student = build_model(cfg.student[0], data.num_classes, data.input_shape, width=cfg.student[1])
+            try:
+                # a fresh copy of the teacher: a method may wrap or extend it (e.g. a subclass head)
+                task = Supervised(student) if entry is None else entry(student, copy.deepcopy(teacher))
+                trainable = getattr(task, "trainable_parameters", None)
+                params = trainable() if callable(trainable) else student.parameters()
+                fit(task, params, data, epochs=cfg.epochs, **train)
+            except Exception as exc:  # noqa: BLE001 - one method's failure must not hide the others
+                failures[name] = f"{type(exc).__name__}: {exc}"
+                acc.pop(name, None)
+                continue
+            acc.setdefault(name, []).append(evaluate(task, data))  # the task's forward is its prediction
     student_params = count_params(build_model(cfg.student[0], data.num_classes, data.input_shape, cfg.student[1]))
     labels = {pid: entry.__name__ for pid, entry in methods}
     rows = [

@@ -23,7 +23,6 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from torch import nn
 
 __all__ = ["CohortConfig", "bench_mutual_learning", "bench_self_distillation"]
@@ -86,35 +85,31 @@ def _bench(registry: Any, family: str, quick: bool, progress: bool) -> dict[str,
     acc: dict[str, list[float]] = {"alone": []}
     peer_acc: dict[str, list[float]] = {}
     failures: dict[str, str] = {}
-    started, threads = time.perf_counter(), torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        for seed in cfg.seeds:
-            train = dict(lr=cfg.lr, batch_size=cfg.batch_size, seed=seed, progress=progress)
-            alone = network(seed)
-            fit(Supervised(alone), alone.parameters(), data, epochs=cfg.epochs, **train)
-            acc["alone"].append(evaluate(alone, data))
-            for name, entry in methods:
-                if name in failures:
-                    continue
-                try:
-                    if mutual:  # peer 0 starts from the baseline's weights, the others from the next seeds
-                        task = entry([network(seed + 1000 * k) for k in range(cfg.peers)])
-                    else:
-                        task = entry(network(seed), data.input_shape)
-                    trainable = getattr(task, "trainable_parameters", None)
-                    params = trainable() if callable(trainable) else task.parameters()
-                    fit(task, params, data, epochs=cfg.epochs, **train)
-                except Exception as exc:  # noqa: BLE001 - one method's failure must not hide the others
-                    failures[name] = f"{type(exc).__name__}: {exc}"
-                    acc.pop(name, None)
-                    peer_acc.pop(name, None)
-                    continue
-                acc.setdefault(name, []).append(evaluate(task, data))
-                if mutual:
-                    peer_acc.setdefault(name, []).append(evaluate(task.peers[0], data))
-    finally:
-        torch.set_num_threads(threads)
+    started = time.perf_counter()
+    for seed in cfg.seeds:
+        train = dict(lr=cfg.lr, batch_size=cfg.batch_size, seed=seed, progress=progress)
+        alone = network(seed)
+        fit(Supervised(alone), alone.parameters(), data, epochs=cfg.epochs, **train)
+        acc["alone"].append(evaluate(alone, data))
+        for name, entry in methods:
+            if name in failures:
+                continue
+            try:
+                if mutual:  # peer 0 starts from the baseline's weights, the others from the next seeds
+                    task = entry([network(seed + 1000 * k) for k in range(cfg.peers)])
+                else:
+                    task = entry(network(seed), data.input_shape)
+                trainable = getattr(task, "trainable_parameters", None)
+                params = trainable() if callable(trainable) else task.parameters()
+                fit(task, params, data, epochs=cfg.epochs, **train)
+            except Exception as exc:  # noqa: BLE001 - one method's failure must not hide the others
+                failures[name] = f"{type(exc).__name__}: {exc}"
+                acc.pop(name, None)
+                peer_acc.pop(name, None)
+                continue
+            acc.setdefault(name, []).append(evaluate(task, data))
+            if mutual:
+                peer_acc.setdefault(name, []).append(evaluate(task.peers[0], data))
     n_params = count_params(network(0))
     labels = {pid: entry.__name__ for pid, entry in methods}
     rows = []

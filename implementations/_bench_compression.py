@@ -285,32 +285,28 @@ def bench_pruning(registry: Any, quick: bool = False, progress: bool = False) ->
 
     cfg = QUICK if quick else CompressionConfig()
     data = load_dataset(cfg.dataset)
-    started, threads = time.perf_counter(), torch.get_num_threads()
+    started = time.perf_counter()
     rows: dict[tuple, dict[str, Any]] = {}
     dense_acc: list[float] = []
     failures: dict[str, str] = {}
     reference: dict[str, int] = {}
-    torch.set_num_threads(1)
-    try:
-        for seed in cfg.seeds:
-            dense = _dense_model(cfg, data, seed, progress)
-            dense_acc.append(evaluate(dense, data))
-            reference = _size(dense, data.input_shape)
-            setup = _Setup(cfg, data, seed, dense, progress)
-            tracks = [("unstructured weights", f"{s:.0%} sparsity", _unstructured_methods(setup, s))
-                      for s in cfg.sparsities]
-            tracks += [("channels removed", f"{f:.0%} of channels", _structured_methods(setup, f))
-                       for f in cfg.channel_fractions]
-            for track, budget, methods in tracks:
-                for paper, label, is_base, run in methods:
-                    if paper in failures:
-                        continue
-                    model = _run(run, failures, paper)
-                    if model is not None:
-                        _collect(rows, (track, budget, paper, label, is_base), evaluate(model, data),
-                                 _size(model, data.input_shape))
-    finally:
-        torch.set_num_threads(threads)
+    for seed in cfg.seeds:
+        dense = _dense_model(cfg, data, seed, progress)
+        dense_acc.append(evaluate(dense, data))
+        reference = _size(dense, data.input_shape)
+        setup = _Setup(cfg, data, seed, dense, progress)
+        tracks = [("unstructured weights", f"{s:.0%} sparsity", _unstructured_methods(setup, s))
+                  for s in cfg.sparsities]
+        tracks += [("channels removed", f"{f:.0%} of channels", _structured_methods(setup, f))
+                   for f in cfg.channel_fractions]
+        for track, budget, methods in tracks:
+            for paper, label, is_base, run in methods:
+                if paper in failures:
+                    continue
+                model = _run(run, failures, paper)
+                if model is not None:
+                    _collect(rows, (track, budget, paper, label, is_base), evaluate(model, data),
+                             _size(model, data.input_shape))
     return _result("pruning", cfg, quick, data, dense_acc, reference, rows, failures, started,
                    budget_applied="every conv and linear weight tensor (unstructured) / every conv stage (channels)",
                    notes=f"Dense training: SGD momentum 0.9, cosine lr {cfg.lr}, batch {cfg.batch_size}, weight decay "
@@ -414,29 +410,25 @@ def bench_quantization(registry: Any, quick: bool = False, progress: bool = Fals
 
     cfg = QUICK if quick else CompressionConfig()
     data = load_dataset(cfg.dataset)
-    started, threads = time.perf_counter(), torch.get_num_threads()
+    started = time.perf_counter()
     rows: dict[tuple, dict[str, Any]] = {}
     dense_acc: list[float] = []
     failures: dict[str, str] = {}
     reference: dict[str, int] = {}
-    torch.set_num_threads(1)
-    try:
-        for seed in cfg.seeds:
-            dense = _dense_model(cfg, data, seed, progress)
-            dense_acc.append(evaluate(dense, data))
-            reference = _size(dense, data.input_shape)
-            setup = _Setup(cfg, data, seed, dense, progress)
-            for bits in cfg.bits:
-                for paper, label, is_base, run in _quant_methods(setup, bits):
-                    if paper in failures and not is_base:
-                        continue
-                    out = _run(run, failures, paper)
-                    if out is not None:
-                        model, size = out
-                        _collect(rows, ("weight-only post-training", f"{bits} bits", paper, label, is_base),
-                                 evaluate(model, data), size)
-    finally:
-        torch.set_num_threads(threads)
+    for seed in cfg.seeds:
+        dense = _dense_model(cfg, data, seed, progress)
+        dense_acc.append(evaluate(dense, data))
+        reference = _size(dense, data.input_shape)
+        setup = _Setup(cfg, data, seed, dense, progress)
+        for bits in cfg.bits:
+            for paper, label, is_base, run in _quant_methods(setup, bits):
+                if paper in failures and not is_base:
+                    continue
+                out = _run(run, failures, paper)
+                if out is not None:
+                    model, size = out
+                    _collect(rows, ("weight-only post-training", f"{bits} bits", paper, label, is_base),
+                             evaluate(model, data), size)
     return _result("quantization", cfg, quick, data, dense_acc, reference, rows, failures, started,
                    budget_applied="every conv and linear weight tensor, one codebook or scale per tensor",
                    notes=f"Dense training: SGD momentum 0.9, cosine lr {cfg.lr}, batch {cfg.batch_size}, weight "
@@ -505,26 +497,22 @@ def bench_low_rank(registry: Any, quick: bool = False, progress: bool = False) -
 
     cfg = LOW_RANK_QUICK if quick else LOW_RANK
     data = load_dataset(cfg.dataset)
-    started, threads = time.perf_counter(), torch.get_num_threads()
+    started = time.perf_counter()
     rows: dict[tuple, dict[str, Any]] = {}
     dense_acc: list[float] = []
     failures: dict[str, str] = {}
     reference: dict[str, int] = {}
-    torch.set_num_threads(1)
-    try:
-        for seed in cfg.seeds:
-            dense = _dense_model(cfg, data, seed, progress)
-            dense_acc.append(evaluate(dense, data))
-            reference = _size(dense, data.input_shape)
-            setup = _Setup(cfg, data, seed, dense, progress)
-            for fraction in cfg.channel_fractions:
-                for paper, label, is_base, run in _low_rank_methods(setup, fraction):
-                    model = _run(run, failures, paper)
-                    if model is not None:
-                        _collect(rows, ("factorised convolutions", f"≤ {fraction:.0%} of conv FLOPs", paper, label,
-                                        is_base), evaluate(model, data), _size(model, data.input_shape))
-    finally:
-        torch.set_num_threads(threads)
+    for seed in cfg.seeds:
+        dense = _dense_model(cfg, data, seed, progress)
+        dense_acc.append(evaluate(dense, data))
+        reference = _size(dense, data.input_shape)
+        setup = _Setup(cfg, data, seed, dense, progress)
+        for fraction in cfg.channel_fractions:
+            for paper, label, is_base, run in _low_rank_methods(setup, fraction):
+                model = _run(run, failures, paper)
+                if model is not None:
+                    _collect(rows, ("factorised convolutions", f"≤ {fraction:.0%} of conv FLOPs", paper, label,
+                                    is_base), evaluate(model, data), _size(model, data.input_shape))
     return _result("low-rank", cfg, quick, data, dense_acc, reference, rows, failures, started,
                    budget_applied="every spatial conv with two or more input channels (each to the same FLOPs "
                    "fraction)",
@@ -581,26 +569,22 @@ def bench_architecture(registry: Any, quick: bool = False, progress: bool = Fals
 
     cfg = ARCHITECTURE_QUICK if quick else ARCHITECTURE
     data = load_dataset(cfg.dataset)
-    started, threads = time.perf_counter(), torch.get_num_threads()
+    started = time.perf_counter()
     rows: dict[tuple, dict[str, Any]] = {}
     failures: dict[str, str] = {}
-    torch.set_num_threads(1)
-    try:
-        for seed in cfg.seeds:
-            for paper, label, is_base, build in _architectures():
-                def run(build: Callable[[], nn.Module] = build, seed: int = seed) -> nn.Module:
-                    seed_everything(seed)
-                    model = build()
-                    fit(Supervised(model), model.parameters(), data, epochs=cfg.dense_epochs, lr=cfg.lr,
-                        batch_size=cfg.batch_size, seed=seed, progress=progress)
-                    return model
+    for seed in cfg.seeds:
+        for paper, label, is_base, build in _architectures():
+            def run(build: Callable[[], nn.Module] = build, seed: int = seed) -> nn.Module:
+                seed_everything(seed)
+                model = build()
+                fit(Supervised(model), model.parameters(), data, epochs=cfg.dense_epochs, lr=cfg.lr,
+                    batch_size=cfg.batch_size, seed=seed, progress=progress)
+                return model
 
-                model = _run(run, failures, paper)
-                if model is not None:
-                    _collect(rows, ("trained from scratch", "default configuration", paper, label, is_base),
-                             evaluate(model, data), _size(model, data.input_shape))
-    finally:
-        torch.set_num_threads(threads)
+            model = _run(run, failures, paper)
+            if model is not None:
+                _collect(rows, ("trained from scratch", "default configuration", paper, label, is_base),
+                         evaluate(model, data), _size(model, data.input_shape))
     result = _result("architecture", cfg, quick, data, [], {}, rows, failures, started,
                      budget_applied="the architecture itself (each paper's default configuration for 8x8 digits)",
                      notes=f"Every network trained from scratch: SGD momentum 0.9, cosine lr {cfg.lr}, batch "
@@ -640,63 +624,59 @@ def bench_automl(registry: Any, quick: bool = False, progress: bool = False) -> 
 
     cfg = AUTOML_QUICK if quick else AUTOML
     data = load_dataset(cfg.dataset)
-    started, threads = time.perf_counter(), torch.get_num_threads()
+    started = time.perf_counter()
     rows: dict[tuple, dict[str, Any]] = {}
     dense_acc: list[float] = []
     failures: dict[str, str] = {}
     reference: dict[str, int] = {}
-    torch.set_num_threads(1)
-    try:
-        for seed in cfg.seeds:
-            order = torch.randperm(data.n_train, generator=torch.Generator().manual_seed(seed))
-            n_val = data.n_train // 4
-            val, train = order[:n_val], order[n_val:]
-            part = dc_replace(data, x_train=data.x_train[train], y_train=data.y_train[train])
-            seed_everything(seed)
-            base = CNN1d(1, data.input_shape[-1], data.num_classes, channels=amc_he2018.CHANNELS)
-            fit(Supervised(base), base.parameters(), part, epochs=cfg.dense_epochs, lr=0.1, seed=seed,
-                progress=progress)
-            dense_acc.append(evaluate(base, data))
-            reference = _size(base, data.input_shape)
-            args = (base, data.x_train[val], data.y_train[val], part.x_train[:512])
-            for target in cfg.channel_fractions:
-                amc_cfg = amc_he2018.Config(flops_ratio=target, lbound=0.1)
-                ca_cfg = constraintaware_chen2018.Config(flops_ratio=target, lbound=0.1)
-                if quick:
-                    amc_cfg = dc_replace(amc_cfg, episodes=12, warmup=6, batch_size=16)
-                    ca_cfg = dc_replace(ca_cfg, iterations=8, n_init=4, cooling_steps=4)
+    for seed in cfg.seeds:
+        order = torch.randperm(data.n_train, generator=torch.Generator().manual_seed(seed))
+        n_val = data.n_train // 4
+        val, train = order[:n_val], order[n_val:]
+        part = dc_replace(data, x_train=data.x_train[train], y_train=data.y_train[train])
+        seed_everything(seed)
+        base = CNN1d(1, data.input_shape[-1], data.num_classes, channels=amc_he2018.CHANNELS)
+        fit(Supervised(base), base.parameters(), part, epochs=cfg.dense_epochs, lr=0.1, seed=seed,
+            progress=progress)
+        dense_acc.append(evaluate(base, data))
+        reference = _size(base, data.input_shape)
+        args = (base, data.x_train[val], data.y_train[val], part.x_train[:512])
+        for target in cfg.channel_fractions:
+            amc_cfg = amc_he2018.Config(flops_ratio=target, lbound=0.1)
+            ca_cfg = constraintaware_chen2018.Config(flops_ratio=target, lbound=0.1)
+            if quick:
+                amc_cfg = dc_replace(amc_cfg, episodes=12, warmup=6, batch_size=16)
+                ca_cfg = dc_replace(ca_cfg, iterations=8, n_init=4, cooling_steps=4)
 
-                def uniform(c: Any = amc_cfg, args: tuple = args) -> list[int]:
-                    return amc_he2018._uniform(amc_he2018.AMC(*args, c))
+            def uniform(c: Any = amc_cfg, args: tuple = args) -> list[int]:
+                return amc_he2018._uniform(amc_he2018.AMC(*args, c))
 
-                def amc(c: Any = amc_cfg, seed: int = seed, args: tuple = args) -> list[int]:
-                    return amc_he2018.AMC(*args, c).search_ddpg(torch.Generator().manual_seed(seed))["keep"]
+            def amc(c: Any = amc_cfg, seed: int = seed, args: tuple = args) -> list[int]:
+                return amc_he2018.AMC(*args, c).search_ddpg(torch.Generator().manual_seed(seed))["keep"]
 
-                def bayes(c: Any = ca_cfg, seed: int = seed, args: tuple = args) -> list[int]:
-                    found = constraintaware_chen2018.ConstraintAwareCompression(*args, c).search(
-                        np.random.default_rng(seed))
-                    if found is None:
-                        raise RuntimeError("no feasible configuration found")
-                    return found["keep"]
+            def bayes(c: Any = ca_cfg, seed: int = seed, args: tuple = args) -> list[int]:
+                found = constraintaware_chen2018.ConstraintAwareCompression(*args, c).search(
+                    np.random.default_rng(seed))
+                if found is None:
+                    raise RuntimeError("no feasible configuration found")
+                return found["keep"]
 
-                methods = [("amc_he2018", "uniform preserve ratio", True, uniform),
-                           ("amc_he2018", "AMC (DDPG agent)", False, amc),
-                           ("constraintaware_chen2018", "constrained BO with cooling", False, bayes)]
-                for paper, label, is_base, search in methods:
-                    def run(search: Callable[[], list[int]] = search, args: tuple = args, c: Any = amc_cfg,
-                            part: Any = part, seed: int = seed) -> nn.Module:
-                        keep = search()
-                        pruned = amc_he2018.AMC(*args, c).pruner(keep)
-                        seed_everything(seed)
-                        finetune(pruned, part, cfg.finetune_epochs, lr=0.02, seed=seed)
-                        return pruned
+            methods = [("amc_he2018", "uniform preserve ratio", True, uniform),
+                       ("amc_he2018", "AMC (DDPG agent)", False, amc),
+                       ("constraintaware_chen2018", "constrained BO with cooling", False, bayes)]
+            for paper, label, is_base, search in methods:
+                def run(search: Callable[[], list[int]] = search, args: tuple = args, c: Any = amc_cfg,
+                        part: Any = part, seed: int = seed) -> nn.Module:
+                    keep = search()
+                    pruned = amc_he2018.AMC(*args, c).pruner(keep)
+                    seed_everything(seed)
+                    finetune(pruned, part, cfg.finetune_epochs, lr=0.02, seed=seed)
+                    return pruned
 
-                    model = _run(run, failures, paper)
-                    if model is not None:
-                        _collect(rows, ("searched channel counts", f"≤ {target:.0%} of FLOPs", paper, label,
-                                        is_base), evaluate(model, data), _size(model, data.input_shape))
-    finally:
-        torch.set_num_threads(threads)
+                model = _run(run, failures, paper)
+                if model is not None:
+                    _collect(rows, ("searched channel counts", f"≤ {target:.0%} of FLOPs", paper, label,
+                                    is_base), evaluate(model, data), _size(model, data.input_shape))
     return _result("automl", cfg, quick, data, dense_acc, reference, rows, failures, started,
                    budget_applied="the channel count of every conv stage, chosen by each search",
                    notes=f"Per seed: CNN1d {list(amc_he2018.CHANNELS)} trained {cfg.dense_epochs} epochs (SGD lr 0.1 "

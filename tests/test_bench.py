@@ -244,3 +244,21 @@ def test_automl_bench_keeps_every_search_inside_the_flops_target(registry, tmp_p
     for row in bench["rows"]:  # physically pruned and within 30% of the dense network's FLOPs
         assert row["flops"] <= 0.3 * bench["reference"]["flops"], row
         assert row["params"] < bench["reference"]["params"]
+
+
+def test_run_bench_pins_one_thread_and_restores_the_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from implementations import _bench
+
+    seen: list[int] = []
+    monkeypatch.setitem(_bench.BENCHES, "probe", "bench_probe")
+    monkeypatch.setattr(_bench, "bench_probe", lambda registry, quick, progress: seen.append(torch.get_num_threads()),
+                        raising=False)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        _bench.run_bench("probe", registry=None)
+        assert seen == [1] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

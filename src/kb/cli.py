@@ -487,7 +487,7 @@ def bench(root: Path, family: str, *, quick: bool) -> int:
 
     if family not in _bench.BENCHES:
         raise UsageError(f"no shared-protocol benchmark for {family!r} yet (have: {', '.join(_bench.BENCHES)})")
-    result = getattr(_bench, _bench.BENCHES[family])(registry, quick=quick, progress=sys.stderr.isatty())
+    result = _bench.run_bench(family, registry, quick=quick, progress=sys.stderr.isatty())
     out = root / "results" / ("quick" if quick else "") / "benchmarks" / f"{family}.json"
     write_benchmark(result, out)
     print(f"kb bench: wrote {out.relative_to(root)} ({len(result['rows'])} rows, {result['wall_time_s']} s)")
