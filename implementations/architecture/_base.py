@@ -118,8 +118,7 @@ def train_variants(
     """Train every variant from scratch for every seed with the same data, epochs and optimiser.
 
     Each variant starts from `seed_everything(seed)`, so variants that share a layer shape share its
-    initialisation. Training runs on one CPU thread: the machines this runs on are small and shared, where two
-    threads contending with other processes are several times slower than one.
+    initialisation. The thread count is the caller's: `kb run` and `kb bench` pin one CPU thread.
 
     Args:
         builders: `{name: build()}`; `build()` returns a fresh model.
@@ -135,8 +134,6 @@ def train_variants(
     """
     from implementations._harness import seed_everything
 
-    if ctx.device == "cpu":
-        torch.set_num_threads(1)
     acc: dict[str, list[float]] = {name: [] for name in builders}
     for seed in ctx.seeds:
         for name, build in builders.items():

@@ -171,13 +171,7 @@ SMALL = dict(dataset="mnist1d", teacher=("cnn1d", 1.0), student=("cnn1d", 0.5), 
 
 def reproduce(ctx: RunContext) -> dict[str, Any]:
     """Teacher on all classes; students on the transfer set without class 3; over `ctx.seeds`."""
-    threads = torch.get_num_threads()
-    if ctx.device == "cpu":
-        torch.set_num_threads(1)  # tiny models: one thread avoids oversubscription on a shared CPU
-    try:
-        return _reproduce(ctx)
-    finally:
-        torch.set_num_threads(threads)
+    return _reproduce(ctx)
 
 
 def _class_accuracy(model: nn.Module, x: Tensor, y: Tensor, cls: int) -> float:

@@ -107,13 +107,7 @@ SMALL = dict(dataset="mnist1d", teacher=1.0, assistants=(0.5, 0.25), student=0.1
 
 def reproduce(ctx: RunContext) -> dict[str, Any]:
     """Student alone, direct KD, KD through each single TA and through the two-TA chain, over `ctx.seeds`."""
-    threads = torch.get_num_threads()
-    if ctx.device == "cpu":
-        torch.set_num_threads(1)  # tiny models: one thread avoids oversubscription on a shared CPU
-    try:
-        return _reproduce(ctx)
-    finally:
-        torch.set_num_threads(threads)
+    return _reproduce(ctx)
 
 
 def _tag(width: float) -> str:

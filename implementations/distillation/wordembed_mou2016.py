@@ -166,13 +166,7 @@ def synthetic_corpus(s: dict, n_train: int, seed: int = 0) -> dict[str, Tensor]:
 
 def reproduce(ctx: RunContext) -> dict[str, Any]:
     """Large-embedding teacher; small students: direct, PCA-initialised, encoded (labels), encoded + soft targets."""
-    threads = torch.get_num_threads()
-    if ctx.device == "cpu":
-        torch.set_num_threads(1)  # tiny models: one thread avoids oversubscription on a shared CPU
-    try:
-        return _reproduce(ctx)
-    finally:
-        torch.set_num_threads(threads)
+    return _reproduce(ctx)
 
 
 def _probe(table: Tensor, polarity: Tensor, words: Tensor, seen: Tensor) -> tuple[float, float]:

@@ -134,11 +134,9 @@ def base_cnn(num_classes: int = 10, in_shape: tuple[int, ...] = (1, 8, 8), width
 def finetune(
     model: nn.Module, data: TensorData, ctx: RunContext, epochs: int, lr: float, seed: int, **kw: Any
 ) -> float:
-    """Train `model` with cross-entropy (SGD, cosine lr, one CPU thread) and return its test accuracy in percent."""
+    """Train `model` with cross-entropy (SGD, cosine lr) and return its test accuracy in percent."""
     from implementations._harness import evaluate, fit
 
-    if ctx.device == "cpu":
-        torch.set_num_threads(1)  # small shared CPUs: one thread is faster than two contended ones
     fit(
         Supervised(model),
         model.parameters(),

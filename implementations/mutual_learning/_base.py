@@ -20,8 +20,7 @@ averaged over the batch; the $T^2$ keeps the gradient scale independent of $T$ (
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +28,7 @@ from torch import Tensor, nn
 
 from implementations._models import build_model
 
-__all__ = ["Ensemble", "MutualLearner", "Predictor", "limit_threads", "smoke_task", "soft_kl"]
+__all__ = ["Ensemble", "MutualLearner", "Predictor", "smoke_task", "soft_kl"]
 
 
 def soft_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0) -> Tensor:
@@ -98,22 +97,6 @@ class MutualLearner(nn.Module):
     def forward_train(self, x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """Deployed logits `(B, K)` and the weighted loss terms of all peers; implemented by each method."""
         raise NotImplementedError
-
-
-@contextmanager
-def limit_threads(num_threads: int | None) -> Iterator[None]:
-    """Run the block with `torch.set_num_threads(num_threads)` (None: unchanged), then restore the old value.
-
-    Small CPU models spend most of their time in thread synchronisation when several jobs share two cores; one
-    thread per job is several times faster there.
-    """
-    old = torch.get_num_threads()
-    if num_threads is not None:
-        torch.set_num_threads(num_threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def smoke_task(

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from implementations.mutual_learning._base import MutualLearner, limit_threads, soft_kl
+from implementations.mutual_learning._base import MutualLearner, soft_kl
 
 if TYPE_CHECKING:
     from implementations._harness import RunContext
@@ -178,21 +178,20 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
         model.eval()
         return model(data.x_test.to(ctx.device)).argmax(-1).cpu()
 
-    with limit_threads(None if ctx.device.startswith("cuda") else 1):
-        for seed in ctx.seeds:
-            seed_everything(seed)
-            init = [new() for _ in range(s["copies"])]  # every variant starts from these weights
-            for name, cfg in variants.items():
-                task = Codistillation(copy.deepcopy(init), cfg)
-                fit(task, task.parameters(), data, seed=seed, **train)
-                scores = [evaluate(p, data) for p in task.peers]
-                acc.setdefault(name, []).append(sum(scores) / len(scores))
-                preds.setdefault(name, []).append(predict(task.peers[0]))
-                agree.setdefault(name, []).append(churn(predict(task.peers[0]), predict(task.peers[1])))
-            single = copy.deepcopy(init[0])
-            fit(Supervised(single), single.parameters(), data, seed=seed, **train)
-            acc.setdefault("alone_all", []).append(evaluate(single, data))
-            preds.setdefault("alone_all", []).append(predict(single))
+    for seed in ctx.seeds:
+        seed_everything(seed)
+        init = [new() for _ in range(s["copies"])]  # every variant starts from these weights
+        for name, cfg in variants.items():
+            task = Codistillation(copy.deepcopy(init), cfg)
+            fit(task, task.parameters(), data, seed=seed, **train)
+            scores = [evaluate(p, data) for p in task.peers]
+            acc.setdefault(name, []).append(sum(scores) / len(scores))
+            preds.setdefault(name, []).append(predict(task.peers[0]))
+            agree.setdefault(name, []).append(churn(predict(task.peers[0]), predict(task.peers[1])))
+        single = copy.deepcopy(init[0])
+        fit(Supervised(single), single.parameters(), data, seed=seed, **train)
+        acc.setdefault("alone_all", []).append(evaluate(single, data))
+        preds.setdefault("alone_all", []).append(predict(single))
 
     def mean_churn(name: str) -> float | None:
         pairs = list(combinations(preds[name], 2))

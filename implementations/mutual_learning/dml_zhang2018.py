@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from implementations.mutual_learning._base import Ensemble, MutualLearner, limit_threads, soft_kl
+from implementations.mutual_learning._base import Ensemble, MutualLearner, soft_kl
 
 if TYPE_CHECKING:
     from implementations._harness import RunContext
@@ -189,30 +189,29 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
         acc.setdefault(name, []).append(sum(scores) / len(scores))
         per_peer.setdefault(name, []).append(scores)
 
-    with limit_threads(None if ctx.device.startswith("cuda") else 1):
-        for seed in ctx.seeds:
-            seed_everything(seed)
-            init = [new(s["peer"]), new(s["peer"])]  # both peers start from these weights in every variant
-            alone = copy.deepcopy(init)
-            for i, peer in enumerate(alone):
-                checkpoint = ctx.checkpoint(f"seed{seed}_peer{i}")
-                fit(Supervised(peer), peer.parameters(), data, seed=seed, checkpoint=checkpoint, **train)
-            record("independent", alone)
-            record("ensemble_independent", [Ensemble(alone)])
-            for name, cfg in (("dml", Config()), ("dml_smoothed", Config(target="smoothed"))):
-                task = DML(copy.deepcopy(init), cfg)
-                fit(task, task.parameters(), data, seed=seed, checkpoint=ctx.checkpoint(f"seed{seed}_{name}"), **train)
-                record(name, list(task.peers))
-                if name == "dml":
-                    record("dml_ensemble", [Ensemble(task.peers)])
-            teacher = new(s["teacher"])
-            checkpoint = ctx.checkpoint(f"seed{seed}_teacher")
-            fit(Supervised(teacher), teacher.parameters(), data, seed=seed, checkpoint=checkpoint, **train)
-            record("teacher", [teacher])
-            student = copy.deepcopy(init[0])
-            checkpoint = ctx.checkpoint(f"seed{seed}_kd")
-            fit(KD(student, teacher), student.parameters(), data, seed=seed, checkpoint=checkpoint, **train)
-            record("kd_teacher", [student])
+    for seed in ctx.seeds:
+        seed_everything(seed)
+        init = [new(s["peer"]), new(s["peer"])]  # both peers start from these weights in every variant
+        alone = copy.deepcopy(init)
+        for i, peer in enumerate(alone):
+            checkpoint = ctx.checkpoint(f"seed{seed}_peer{i}")
+            fit(Supervised(peer), peer.parameters(), data, seed=seed, checkpoint=checkpoint, **train)
+        record("independent", alone)
+        record("ensemble_independent", [Ensemble(alone)])
+        for name, cfg in (("dml", Config()), ("dml_smoothed", Config(target="smoothed"))):
+            task = DML(copy.deepcopy(init), cfg)
+            fit(task, task.parameters(), data, seed=seed, checkpoint=ctx.checkpoint(f"seed{seed}_{name}"), **train)
+            record(name, list(task.peers))
+            if name == "dml":
+                record("dml_ensemble", [Ensemble(task.peers)])
+        teacher = new(s["teacher"])
+        checkpoint = ctx.checkpoint(f"seed{seed}_teacher")
+        fit(Supervised(teacher), teacher.parameters(), data, seed=seed, checkpoint=checkpoint, **train)
+        record("teacher", [teacher])
+        student = copy.deepcopy(init[0])
+        checkpoint = ctx.checkpoint(f"seed{seed}_kd")
+        fit(KD(student, teacher), student.parameters(), data, seed=seed, checkpoint=checkpoint, **train)
+        record("kd_teacher", [student])
 
     peer_cols = model_row(new(s["peer"]), data.input_shape)
     pair_cols = model_row(Ensemble([new(s["peer"]), new(s["peer"])]), data.input_shape)

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from implementations._models import CNN1d
-from implementations.mutual_learning._base import Ensemble, MutualLearner, Predictor, limit_threads, soft_kl
+from implementations.mutual_learning._base import Ensemble, MutualLearner, Predictor, soft_kl
 
 if TYPE_CHECKING:
     from implementations._harness import RunContext
@@ -170,21 +170,20 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
     def record(name: str, model: nn.Module) -> None:
         acc.setdefault(name, []).append(evaluate(model, data))
 
-    with limit_threads(None if ctx.device.startswith("cuda") else 1):
-        for seed in ctx.seeds:
-            seed_everything(seed)
-            init = new()  # FFL and the independent runs start from the same sub-network weights
-            alone = copy.deepcopy(init)
-            for k, net in enumerate(alone):
-                fit(Supervised(net), net.parameters(), data, seed=seed, **train)
-                record(f"alone{k}", net)
-            record("ensemble_alone", Ensemble(alone))
-            task = FFL(copy.deepcopy(init))
-            fit(task, task.parameters(), data, seed=seed, **train)
-            for k, net in enumerate(task.peers):
-                record(f"ffl{k}", net)
-            record("ffl_ensemble", Predictor(task, "sub_ensemble_logits"))
-            record("ffl_fused", task)
+    for seed in ctx.seeds:
+        seed_everything(seed)
+        init = new()  # FFL and the independent runs start from the same sub-network weights
+        alone = copy.deepcopy(init)
+        for k, net in enumerate(alone):
+            fit(Supervised(net), net.parameters(), data, seed=seed, **train)
+            record(f"alone{k}", net)
+        record("ensemble_alone", Ensemble(alone))
+        task = FFL(copy.deepcopy(init))
+        fit(task, task.parameters(), data, seed=seed, **train)
+        for k, net in enumerate(task.peers):
+            record(f"ffl{k}", net)
+        record("ffl_ensemble", Predictor(task, "sub_ensemble_logits"))
+        record("ffl_fused", task)
 
     names = [f"{a} w={w:g}" for a, w in s["subnets"]]
     cols = [model_row(m, data.input_shape) for m in new()]

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from implementations._models import CifarResNet, CNN1d
-from implementations.mutual_learning._base import MutualLearner, Predictor, limit_threads, soft_kl
+from implementations.mutual_learning._base import MutualLearner, Predictor, soft_kl
 
 if TYPE_CHECKING:
     from implementations._harness import RunContext
@@ -181,18 +181,17 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
         return build_model(s["model"][0], data.num_classes, data.input_shape, width=s["model"][1])
 
     acc: dict[str, list[float]] = {}
-    with limit_threads(None if ctx.device.startswith("cuda") else 1):
-        for seed in ctx.seeds:
-            seed_everything(seed)
-            init = [new() for _ in range(s["branches"])]  # branch 0 + trunk = the baseline's initial weights
-            alone = copy.deepcopy(init[0])
-            fit(Supervised(alone), alone.parameters(), data, seed=seed, **train)
-            acc.setdefault("alone", []).append(evaluate(alone, data))
-            for name, cfg in variants.items():
-                task = ONE(copy.deepcopy(init), cfg)
-                fit(task, task.parameters(), data, seed=seed, **train)
-                acc.setdefault(name, []).append(evaluate(task, data))
-                acc.setdefault(f"{name}_ensemble", []).append(evaluate(Predictor(task, "ensemble_logits"), data))
+    for seed in ctx.seeds:
+        seed_everything(seed)
+        init = [new() for _ in range(s["branches"])]  # branch 0 + trunk = the baseline's initial weights
+        alone = copy.deepcopy(init[0])
+        fit(Supervised(alone), alone.parameters(), data, seed=seed, **train)
+        acc.setdefault("alone", []).append(evaluate(alone, data))
+        for name, cfg in variants.items():
+            task = ONE(copy.deepcopy(init), cfg)
+            fit(task, task.parameters(), data, seed=seed, **train)
+            acc.setdefault(name, []).append(evaluate(task, data))
+            acc.setdefault(f"{name}_ensemble", []).append(evaluate(Predictor(task, "ensemble_logits"), data))
 
     single = model_row(new(), data.input_shape)
     full_task = ONE([new() for _ in range(s["branches"])])

@@ -104,8 +104,6 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
     from implementations._runner import save_accuracy_plot
     from implementations.pruning._base import size_rows
 
-    if ctx.device == "cpu":
-        torch.set_num_threads(1)  # tiny models: one thread avoids oversubscription on a shared CPU
     cfg = Config()
     data = load_dataset("mnist1d", n_train=ctx.n_train)
     e_dense, e_sparse, e_redense = (ctx.epochs(n) for n in (cfg.dense_epochs, cfg.sparse_epochs, cfg.redense_epochs))

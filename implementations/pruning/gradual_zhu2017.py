@@ -124,8 +124,6 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
     from implementations._runner import save_accuracy_plot
     from implementations.pruning._base import size_rows
 
-    if ctx.device == "cpu":
-        torch.set_num_threads(1)  # tiny models: one thread avoids oversubscription on a shared CPU
     data = load_dataset("mnist1d", n_train=ctx.n_train)
     epochs, batch, lr = ctx.epochs(8), 128, 0.05
     total = epochs * math.ceil(data.n_train / batch)

@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -119,8 +118,6 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
     from implementations._models import build_model
     from implementations.pruning._base import size_rows
 
-    if ctx.device == "cpu":
-        torch.set_num_threads(1)  # tiny models: one thread avoids oversubscription on a shared CPU
     cfg = Config()
     data = load_dataset("digits", n_train=ctx.n_train)
     epochs, retrain = ctx.epochs(cfg.epochs), ctx.epochs(cfg.retrain_epochs)

@@ -194,8 +194,6 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
     from implementations._measure import accuracy_stats
     from implementations._runner import save_accuracy_plot
 
-    if ctx.device == "cpu":
-        torch.set_num_threads(1)  # tiny models: one thread avoids oversubscription on a shared CPU
     cfg = Config()
     data = load_dataset("mnist1d", n_train=ctx.n_train)
     epochs = ctx.epochs(cfg.epochs)

@@ -69,7 +69,6 @@ __all__ = [
     "remove_weight_quantizers",
     "round_ste",
     "serialized_bytes",
-    "single_thread",
     "smoke_task",
 ]
 
@@ -237,21 +236,6 @@ def smoke_task(entrypoint: object, batch_size: int = 8, num_classes: int = 10, s
 def bits_for(levels: int) -> float:
     r"""Bits of a code that indexes `levels` values, $\lceil \log_2 L \rceil$ (at least 1)."""
     return float(max(1, math.ceil(math.log2(max(2, levels)))))
-
-
-@contextlib.contextmanager
-def single_thread() -> Iterator[None]:
-    """Run the block with one intra-op torch thread (restored after).
-
-    The reproductions train tiny models whose ops are too small to split across threads; on a shared 2-core CPU a
-    second thread mostly spins and triples the wall time.
-    """
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def latency(model: nn.Module, input_shape: Sequence[int], profile: str) -> float | None:

@@ -272,80 +272,78 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
     from implementations._data import load_dataset
     from implementations._harness import Supervised, evaluate, fit, seed_everything
     from implementations._measure import accuracy_stats, interleaved_latency, model_row
-    from implementations.quantization._base import single_thread
 
-    with single_thread():
-        cfg = Config()
-        data = load_dataset("digits", n_train=ctx.n_train)
-        epochs, retrain_epochs, width = ctx.epochs(30), ctx.epochs(30), 0.25
-        acc: dict[str, list[float]] = {}
-        stats: dict[str, list[float]] = {}
-        grid: dict[tuple[float, float, float], dict[str, float]] = {}
-        kept: dict[str, nn.Module] = {}  # first seed's model of every row, for its own latency
-        for seed in ctx.seeds:
-            seed_everything(seed)
-            model = build_model("mlp", data.num_classes, data.input_shape, width=width)
-            fit(Supervised(model), model.parameters(), data, epochs, lr=0.05, seed=seed, progress=False)
-            acc.setdefault("pretrained", []).append(evaluate(model, data))
-            dense_bits = 32 * sum(p.numel() for p in model.parameters())
-            pretrained = {k: v.clone() for k, v in model.state_dict().items()}
-            runs = [("sws", cfg), ("plain", replace(cfg, tau=0.0))]
-            if seed == ctx.seeds[0]:  # overhead timing and sensitivity grid on the first seed only
-                runs += [
-                    (f"grid{i}", replace(cfg, tau=t, mixture_lr=m, init_sigma=sd)) for i, (t, m, sd) in enumerate(GRID)
-                ]
-            for name, run_cfg in runs:
-                model.load_state_dict(pretrained)
-                seed_everything(seed)
-                task = SoftWeightSharing(model, data.n_train, run_cfg)
-                seconds = retrain(task, data, retrain_epochs, seed)
-                if name == "plain":
-                    stats.setdefault("sec_plain", []).append(seconds)
-                    continue
-                snapped, result = _snap_stats(task, data, dense_bits)
-                if name != "sws":
-                    grid[(run_cfg.tau, run_cfg.mixture_lr, run_cfg.init_sigma)] = result
-                    continue
-                for key, value in {**result, "sec": seconds}.items():
-                    stats.setdefault(key, []).append(value)
-                acc.setdefault("sws", []).append(result["acc"])
-                acc.setdefault("sws_unsnapped", []).append(result["retrained_acc"])
-                kept.setdefault("sws", snapped)
-                kept.setdefault("sws_unsnapped", copy.deepcopy(model))
-                model.load_state_dict(pretrained)  # the same budget without retraining
-                kept.setdefault("pretrained", copy.deepcopy(model))
-                baseline = _posthoc(model, 1.0 - result["nonzero"], int(result["values"]))
-                kept.setdefault("posthoc", baseline)
-                acc.setdefault("posthoc", []).append(evaluate(baseline, data))
-                stats.setdefault("posthoc_rate", []).append(dense_bits / storage_bits(baseline)[0])
+    cfg = Config()
+    data = load_dataset("digits", n_train=ctx.n_train)
+    epochs, retrain_epochs, width = ctx.epochs(30), ctx.epochs(30), 0.25
+    acc: dict[str, list[float]] = {}
+    stats: dict[str, list[float]] = {}
+    grid: dict[tuple[float, float, float], dict[str, float]] = {}
+    kept: dict[str, nn.Module] = {}  # first seed's model of every row, for its own latency
+    for seed in ctx.seeds:
+        seed_everything(seed)
+        model = build_model("mlp", data.num_classes, data.input_shape, width=width)
+        fit(Supervised(model), model.parameters(), data, epochs, lr=0.05, seed=seed, progress=False)
+        acc.setdefault("pretrained", []).append(evaluate(model, data))
+        dense_bits = 32 * sum(p.numel() for p in model.parameters())
+        pretrained = {k: v.clone() for k, v in model.state_dict().items()}
+        runs = [("sws", cfg), ("plain", replace(cfg, tau=0.0))]
+        if seed == ctx.seeds[0]:  # overhead timing and sensitivity grid on the first seed only
+            runs += [
+                (f"grid{i}", replace(cfg, tau=t, mixture_lr=m, init_sigma=sd)) for i, (t, m, sd) in enumerate(GRID)
+            ]
+        for name, run_cfg in runs:
             model.load_state_dict(pretrained)
+            seed_everything(seed)
+            task = SoftWeightSharing(model, data.n_train, run_cfg)
+            seconds = retrain(task, data, retrain_epochs, seed)
+            if name == "plain":
+                stats.setdefault("sec_plain", []).append(seconds)
+                continue
+            snapped, result = _snap_stats(task, data, dense_bits)
+            if name != "sws":
+                grid[(run_cfg.tau, run_cfg.mixture_lr, run_cfg.init_sigma)] = result
+                continue
+            for key, value in {**result, "sec": seconds}.items():
+                stats.setdefault(key, []).append(value)
+            acc.setdefault("sws", []).append(result["acc"])
+            acc.setdefault("sws_unsnapped", []).append(result["retrained_acc"])
+            kept.setdefault("sws", snapped)
+            kept.setdefault("sws_unsnapped", copy.deepcopy(model))
+            model.load_state_dict(pretrained)  # the same budget without retraining
+            kept.setdefault("pretrained", copy.deepcopy(model))
+            baseline = _posthoc(model, 1.0 - result["nonzero"], int(result["values"]))
+            kept.setdefault("posthoc", baseline)
+            acc.setdefault("posthoc", []).append(evaluate(baseline, data))
+            stats.setdefault("posthoc_rate", []).append(dense_bits / storage_bits(baseline)[0])
+        model.load_state_dict(pretrained)
 
-        shape = data.input_shape
-        # each row's own model, batch 1, best of interleaved rounds; all run dense fp32 kernels (the zeros and
-        # shared values are not exploited by the CPU kernels)
-        lat = dict.fromkeys(kept) if ctx.profile == "quick" else interleaved_latency(kept, shape, rounds=3)
-        dense_cols = {**model_row(kept["pretrained"], shape), "latency_ms": lat["pretrained"]}
-        mean = {k: sum(v) / len(v) for k, v in {**acc, **stats}.items()}
-        sws_cols = {**model_row(kept["sws"], shape), "latency_ms": lat["sws"]}
-        sws_cols.update(bytes=math.ceil(dense_cols["bytes"] / mean["rate"]), bits=32 / mean["rate"])
-        base_cols = {**model_row(kept["posthoc"], shape), "latency_ms": lat["posthoc"]}
-        base_cols.update(bytes=math.ceil(dense_cols["bytes"] / mean["posthoc_rate"]), bits=32 / mean["posthoc_rate"])
-        unsnapped_cols = {**model_row(kept["sws_unsnapped"], shape), "latency_ms": lat["sws_unsnapped"]}
-        extra = {"compression": mean["rate"], "values": mean["values"], "nonzero_share": mean["nonzero"]}
-        rows = [
-            dict(name="pretrained", label="Pretrained MLP (fp32)", role="baseline", **dense_cols),
-            dict(name="sws", label="Soft weight-sharing, snapped", role="method", **sws_cols, extra=extra),
-            dict(name="sws_unsnapped", label="Soft weight-sharing, before snapping", role="ablation", **unsnapped_cols),
-            dict(
-                name="posthoc",
-                label="Magnitude prune + k-means, same budget",
-                role="baseline",
-                **base_cols,
-                extra={"compression": mean["posthoc_rate"]},
-            ),
-        ]
-        for row in rows:
-            row["accuracy"] = accuracy_stats(acc[row["name"]])
+    shape = data.input_shape
+    # each row's own model, batch 1, best of interleaved rounds; all run dense fp32 kernels (the zeros and
+    # shared values are not exploited by the CPU kernels)
+    lat = dict.fromkeys(kept) if ctx.profile == "quick" else interleaved_latency(kept, shape, rounds=3)
+    dense_cols = {**model_row(kept["pretrained"], shape), "latency_ms": lat["pretrained"]}
+    mean = {k: sum(v) / len(v) for k, v in {**acc, **stats}.items()}
+    sws_cols = {**model_row(kept["sws"], shape), "latency_ms": lat["sws"]}
+    sws_cols.update(bytes=math.ceil(dense_cols["bytes"] / mean["rate"]), bits=32 / mean["rate"])
+    base_cols = {**model_row(kept["posthoc"], shape), "latency_ms": lat["posthoc"]}
+    base_cols.update(bytes=math.ceil(dense_cols["bytes"] / mean["posthoc_rate"]), bits=32 / mean["posthoc_rate"])
+    unsnapped_cols = {**model_row(kept["sws_unsnapped"], shape), "latency_ms": lat["sws_unsnapped"]}
+    extra = {"compression": mean["rate"], "values": mean["values"], "nonzero_share": mean["nonzero"]}
+    rows = [
+        dict(name="pretrained", label="Pretrained MLP (fp32)", role="baseline", **dense_cols),
+        dict(name="sws", label="Soft weight-sharing, snapped", role="method", **sws_cols, extra=extra),
+        dict(name="sws_unsnapped", label="Soft weight-sharing, before snapping", role="ablation", **unsnapped_cols),
+        dict(
+            name="posthoc",
+            label="Magnitude prune + k-means, same budget",
+            role="baseline",
+            **base_cols,
+            extra={"compression": mean["posthoc_rate"]},
+        ),
+    ]
+    for row in rows:
+        row["accuracy"] = accuracy_stats(acc[row["name"]])
     return _result(ctx, data, rows, mean, grid, epochs, retrain_epochs, width)
 
 

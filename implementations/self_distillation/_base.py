@@ -15,8 +15,7 @@ classifier reads $F_i'$ pooled the way the backbone pools $F_C$ (flattened for `
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +23,7 @@ from torch import Tensor, nn
 
 from implementations._models import build_model
 
-__all__ = ["Exit", "MultiExit", "SelfDistiller", "feature_shapes", "limit_threads", "smoke_task", "soft_kl"]
+__all__ = ["Exit", "MultiExit", "SelfDistiller", "feature_shapes", "smoke_task", "soft_kl"]
 
 
 def soft_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0) -> Tensor:
@@ -119,18 +118,6 @@ class MultiExit(SelfDistiller):
             logits.append(z)
             adapted.append(f)
         return [*logits, logits_deep], [*adapted, features[-1]]
-
-
-@contextmanager
-def limit_threads(num_threads: int | None) -> Iterator[None]:
-    """Run the block with `torch.set_num_threads(num_threads)` (None: unchanged), then restore the old value."""
-    old = torch.get_num_threads()
-    if num_threads is not None:
-        torch.set_num_threads(num_threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def smoke_task(

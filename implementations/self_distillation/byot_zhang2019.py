@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from implementations.self_distillation._base import MultiExit, limit_threads, soft_kl
+from implementations.self_distillation._base import MultiExit, soft_kl
 
 if TYPE_CHECKING:
     from implementations._harness import RunContext
@@ -180,8 +180,7 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
         return build_model(s["model"][0], data.num_classes, data.input_shape, width=s["model"][1])
 
     paper_cfg = Config()
-    with limit_threads(None if ctx.device.startswith("cuda") else 1):
-        chosen, held_out_acc = select_hint_weight(data, new, s["hint_weights"], paper_cfg, train, s["held_out"])
+    chosen, held_out_acc = select_hint_weight(data, new, s["hint_weights"], paper_cfg, train, s["held_out"])
     cfg = replace(paper_cfg, hint_weight=chosen)
     variants = {
         "byot": cfg,
@@ -195,21 +194,20 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
 
     acc: dict[str, list[float]] = {}
     exits: dict[str, list[list[float]]] = {}
-    with limit_threads(None if ctx.device.startswith("cuda") else 1):
-        for seed in ctx.seeds:
-            seed_everything(seed)
-            init = new()  # every variant's backbone starts from these weights
-            plain = copy.deepcopy(init)
-            fit(Supervised(plain), plain.parameters(), data, seed=seed, **train)
-            acc.setdefault("plain", []).append(evaluate(plain, data))
-            tasks = {name: (lambda b, v=v: BYOT(b, data.input_shape, v)) for name, v in variants.items()}
-            tasks["byot_decay"] = lambda b: MSD(b, data.input_shape, decay_cfg)
-            for name, build in tasks.items():
-                seed_everything(seed)  # same initial exits too
-                task = build(copy.deepcopy(init))
-                fit(task, task.parameters(), data, seed=seed, **train)
-                acc.setdefault(name, []).append(evaluate(task, data))
-                exits.setdefault(name, []).append(exit_accuracies(task, data))
+    for seed in ctx.seeds:
+        seed_everything(seed)
+        init = new()  # every variant's backbone starts from these weights
+        plain = copy.deepcopy(init)
+        fit(Supervised(plain), plain.parameters(), data, seed=seed, **train)
+        acc.setdefault("plain", []).append(evaluate(plain, data))
+        tasks = {name: (lambda b, v=v: BYOT(b, data.input_shape, v)) for name, v in variants.items()}
+        tasks["byot_decay"] = lambda b: MSD(b, data.input_shape, decay_cfg)
+        for name, build in tasks.items():
+            seed_everything(seed)  # same initial exits too
+            task = build(copy.deepcopy(init))
+            fit(task, task.parameters(), data, seed=seed, **train)
+            acc.setdefault(name, []).append(evaluate(task, data))
+            exits.setdefault(name, []).append(exit_accuracies(task, data))
 
     cols = model_row(new(), data.input_shape)
     m_name = f"{s['model'][0]} w={s['model'][1]:g}"

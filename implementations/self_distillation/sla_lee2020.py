@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from implementations.self_distillation._base import SelfDistiller, feature_shapes, limit_threads, soft_kl
+from implementations.self_distillation._base import SelfDistiller, feature_shapes, soft_kl
 
 if TYPE_CHECKING:
     from implementations._harness import RunContext
@@ -190,22 +190,21 @@ def reproduce(ctx: RunContext) -> dict[str, Any]:
         y = data.y_test
         confused.setdefault(name, []).append(float(((y == 6) & (pred == 9)).sum() + ((y == 9) & (pred == 6)).sum()))
 
-    with limit_threads(None if ctx.device.startswith("cuda") else 1):
-        for seed in ctx.seeds:
-            seed_everything(seed)
-            init = new()  # every variant's backbone starts from these weights
-            plain = copy.deepcopy(init)
-            fit(Supervised(plain), plain.parameters(), data, seed=seed, **train)
-            record("baseline", plain)
-            da = RotationAugmented(copy.deepcopy(init), m)
-            fit(da, da.parameters(), data, seed=seed, **train)
-            record("da", da)
-            for name, cfg in (("sla", Config(self_distill=False)), ("sla_sd", Config())):
-                seed_everything(seed)  # same initial joint head in both
-                task = SLA(copy.deepcopy(init), data.input_shape, cfg)
-                fit(task, task.parameters(), data, seed=seed, **train)
-                record(f"{name}_ag", _Call(task, "aggregated_logits"))
-                record("sla_si" if name == "sla" else "sla_sd", task)
+    for seed in ctx.seeds:
+        seed_everything(seed)
+        init = new()  # every variant's backbone starts from these weights
+        plain = copy.deepcopy(init)
+        fit(Supervised(plain), plain.parameters(), data, seed=seed, **train)
+        record("baseline", plain)
+        da = RotationAugmented(copy.deepcopy(init), m)
+        fit(da, da.parameters(), data, seed=seed, **train)
+        record("da", da)
+        for name, cfg in (("sla", Config(self_distill=False)), ("sla_sd", Config())):
+            seed_everything(seed)  # same initial joint head in both
+            task = SLA(copy.deepcopy(init), data.input_shape, cfg)
+            fit(task, task.parameters(), data, seed=seed, **train)
+            record(f"{name}_ag", _Call(task, "aggregated_logits"))
+            record("sla_si" if name == "sla" else "sla_sd", task)
 
     cols = model_row(new(), data.input_shape)
     agg_cols = {**cols, "flops": cols["flops"] * m}  # M forward passes (the joint head's extra cost is ignored)
