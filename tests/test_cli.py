@@ -190,6 +190,11 @@ def test_status_refuses_scaffold_then_accepts_real_code(tiny: Path, capsys: pyte
     (tiny / "implementations/distillation/kd_hinton2015.py").write_text(
         '__all__ = ["KD"]\nKD = 1\n\n\ndef reproduce(ctx):\n    return {}\n', encoding="utf-8")
     (tiny / "tests/implementations/test_kd_hinton2015.py").write_text("def test_x():\n    assert 1\n", encoding="utf-8")
+    before = (tiny / "registry.yaml").read_bytes()
+    assert main(["status", "kd_hinton2015", "implemented", "--fidelity", "faithful"]) == 2
+    assert "needs its headline numbers in `reported`, or `reported_missing`" in capsys.readouterr().err
+    assert (tiny / "registry.yaml").read_bytes() == before  # nothing half-written
+    _give_reported(tiny)
     assert main(["status", "kd_hinton2015", "implemented", "--fidelity", "faithful"]) == 0
     paper = load_registry(tiny).get("kd_hinton2015")
     assert (paper.status, paper.implementation.fidelity) == ("implemented", "faithful")
@@ -218,8 +223,19 @@ def test_quick_runs_never_overwrite_real_results(monkeypatch: pytest.MonkeyPatch
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+def _give_reported(tiny: Path) -> None:
+    """Record one headline number of kd_hinton2015, as a user would by editing registry.yaml."""
+    path = tiny / "registry.yaml"
+    row = ("  reported:\n  - {dataset: MNIST, model: distilled 2x800 net, metric: test errors, value: 74, "
+           "source: Sec. 3}\n")
+    text = path.read_text(encoding="utf-8")
+    path.write_text(text.replace("  notes: papers/kd_hinton2015.md\n", row + "  notes: papers/kd_hinton2015.md\n"),
+                    encoding="utf-8")
+
+
 def _implemented_files(tiny: Path, module: str) -> None:
     assert main(["implement", "kd_hinton2015", "--entrypoint", "KD"]) == 0
+    _give_reported(tiny)
     (tiny / "implementations/distillation/kd_hinton2015.py").write_text(module, encoding="utf-8")
     (tiny / "tests/implementations/test_kd_hinton2015.py").write_text("def test_x():\n    assert 1\n", encoding="utf-8")
 

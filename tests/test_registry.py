@@ -72,6 +72,8 @@ GOOD = {
     "bibtex_key": "hinton2015distilling",
     "category": "distillation",
     "summary": "Soft targets.",
+    "reported": [{"dataset": "MNIST", "model": "distilled 2x800 net", "metric": "test errors", "value": 74,
+                  "source": "Sec. 3"}],
     "notes": "papers/kd_hinton2015.md",
 }
 
@@ -152,6 +154,19 @@ def test_check_finds_entrypoint_missing_from_all(tmp_path: Path) -> None:
         f"{tmp_path / 'registry.yaml'}: entry 'kd_hinton2015': entrypoint 'KD' is not in "
         "implementations/distillation/kd_hinton2015.py's __all__"
     ]
+
+
+def test_an_implemented_paper_has_reported_numbers_or_says_why_not() -> None:
+    impl = {"path": "implementations/distillation/kd_hinton2015.py", "entrypoint": "KD", "fidelity": "faithful",
+            "test": "tests/implementations/test_kd_hinton2015.py"}
+    bare = {**GOOD, "reported": [], "status": "implemented", "implementation": impl}
+    with pytest.raises(RegistryError, match="entry 'kd_hinton2015'.*needs its headline numbers"):
+        _parse(bare)
+    reason = "a talk: no tables"
+    assert _parse({**bare, "reported_missing": reason}).papers[0].reported_missing == reason
+    assert _parse({**GOOD, "reported": []}).papers[0].status == "noted"  # a noted entry may wait for its numbers
+    with pytest.raises(RegistryError, match="explains an empty `reported` list"):
+        _parse({**GOOD, "reported_missing": reason})
 
 
 def test_a_large_module_may_be_a_package() -> None:

@@ -127,6 +127,8 @@ def _results_section(data: SiteData, paper: Paper) -> list[str]:
                           else '<span class="kb-badge reported">reported</span> by the paper')
             out.append(f"| {_cell(r.dataset)} | {_cell(r.model)} | {_cell(r.metric)} | {_fmt(r.value)} | "
                        f"{_cell(r.setting or '')} | {_cell(r.source)} | {provenance} |")
+    elif paper.reported_missing:
+        out.append(f"No headline numbers recorded. {paper.reported_missing}")
     else:
         out.append("No headline numbers recorded from the paper yet.")
     out += ["", "### Reproduced here", "", '<span class="kb-badge ours">our run</span> '

@@ -118,6 +118,9 @@ class Paper(_Model):
     summary: Text
     open_questions: list[OpenQuestion] = []
     reported: list[Reported] = []
+    # Why `reported` is empty: the work has no headline number (a talk, a survey), or where we looked for the
+    # paper's tables without finding a copy we could read. Required for an implemented paper without numbers.
+    reported_missing: Text | None = None
     notes: PathStr  # papers/<id>.md
     implementation: Implementation | None = None
     status: Status = "noted"
@@ -147,6 +150,13 @@ class Paper(_Model):
             raise ValueError(f"status {self.status!r} needs an `implementation` block")
         if self.status == "noted" and impl is not None:
             raise ValueError("an entry with an `implementation` block has status 'scaffolded' or 'implemented'")
+        if self.reported and self.reported_missing is not None:
+            raise ValueError("`reported_missing` explains an empty `reported` list; this entry has reported numbers")
+        if self.status == "implemented" and not self.reported and self.reported_missing is None:
+            raise ValueError(
+                "an implemented paper needs its headline numbers in `reported`, or `reported_missing` saying why "
+                "there are none"
+            )
         return self
 
     @property
