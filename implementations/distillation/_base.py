@@ -84,7 +84,8 @@ def smoke_task(
     The teacher is a `resnet8` (channels 16-16-32-64) and the student a half-width `resnet8` (8-8-16-32), so
     both have the same number of stages and feature-map sizes but different channel counts, which is what
     feature-distillation methods must handle. The entrypoint is built as `entrypoint(student, teacher)` with its
-    default config.
+    default config; an entrypoint that defines its own `smoke_task()` classmethod (one whose teacher must have a
+    different head, say) is delegated to.
 
     Args:
         entrypoint: A `Distiller` subclass, e.g. `KD`.
@@ -96,6 +97,8 @@ def smoke_task(
         `(task, x, y)`: the task, a seeded synthetic batch `x` of shape `(B, 3, 16, 16)` and labels `y` of shape
         `(B,)` in `[0, K)`.
     """
+    if hasattr(entrypoint, "smoke_task"):
+        return entrypoint.smoke_task(batch_size=batch_size, num_classes=num_classes, seed=seed)
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     in_shape = (3, 16, 16)

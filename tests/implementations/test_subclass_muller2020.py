@@ -58,8 +58,15 @@ def test_heads_are_expanded_and_identical_models_give_zero_kd() -> None:
     # The smoke task's 10-class models become 10 x 5 subclass models.
     smoke, images, _ = smoke_task(SubclassDistillation)
     assert smoke.student.head.out_features == 50 and smoke(images).shape == (8, 10)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="teacher's head has 7 outputs"):
         SubclassDistillation(build_model("cnn1d", 3, (1, 40)), build_model("cnn1d", 7, (1, 40)))
+    # A class-only teacher has no subclass information: refused, never silently given a fresh head.
+    class_teacher = build_model("cnn1d", 2, (1, 40))
+    with pytest.raises(ValueError, match="needs a teacher trained with C\\*s = 2\\*5"):
+        SubclassDistillation(build_model("cnn1d", 2, (1, 40)), class_teacher, Config(num_classes=2, subclasses=5))
+    assert class_teacher.head.out_features == 2
+    with pytest.raises(ValueError, match="student's head has 4 outputs"):
+        SubclassDistillation(build_model("cnn1d", 4, (1, 40)), teacher, Config(num_classes=2, subclasses=5))
 
 
 def test_quick_reproduction_is_schema_valid(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
