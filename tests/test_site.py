@@ -53,6 +53,17 @@ def test_paper_page_has_math_metadata_and_bibtex(built: Path) -> None:
     assert "@misc{hinton2015distilling" in html or "hinton2015distilling" in html
 
 
+def test_a_packaged_paper_shows_its_method_and_its_experiment(built: Path) -> None:
+    """A module grown into a package (method in `__init__.py`, run in `experiment.py`) renders both."""
+    paper = load_registry(ROOT).get("kd_hinton2015")
+    assert paper.implementation.path.endswith("kd_hinton2015/__init__.py")
+    html = (built / "papers" / "kd_hinton2015" / "index.html").read_text(encoding="utf-8")
+    assert 'id="implementations.distillation.kd_hinton2015.kd_loss"' in html
+    assert 'id="implementations.distillation.kd_hinton2015.experiment.reproduce"' in html
+    single = (built / "papers" / "fitnets_romero2015" / "index.html").read_text(encoding="utf-8")
+    assert "experiment.reproduce" not in single  # a one-file module has no second section
+
+
 def test_paper_page_marks_reported_and_reproduced_numbers() -> None:
     data = load_site_data(ROOT)
     for paper in data.registry.papers:
@@ -66,6 +77,8 @@ def test_paper_page_marks_reported_and_reproduced_numbers() -> None:
             assert f'kb-badge {verdict.replace(" ", "-")}' in text
         for reported in paper.reported:
             assert reported.source in text  # every reported number shows where the paper prints it
+        if paper.reported_missing:
+            assert paper.reported_missing in text  # an empty table says why it is empty
 
 
 def test_paper_page_names_the_paper_scale_run_only_where_the_module_declares_one() -> None:

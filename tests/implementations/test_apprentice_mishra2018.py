@@ -97,7 +97,8 @@ def test_scheme_b_freezes_the_teacher_and_scheme_a_trains_it() -> None:
 
 def test_quick_reproduction_is_schema_valid(tmp_path: Path) -> None:
     from implementations._runner import make_context
-    from implementations.distillation.apprentice_mishra2018 import QUESTIONS, reproduce
+    from implementations.distillation.apprentice_mishra2018 import reproduce
+    from implementations.distillation.apprentice_mishra2018.experiment import QUESTIONS
     from kb.registry import load_registry
     from kb.results import Result
 

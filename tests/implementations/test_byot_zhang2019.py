@@ -50,7 +50,8 @@ def test_the_deepest_classifier_is_a_fixed_teacher() -> None:
 def test_quick_reproduction_is_schema_valid(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from implementations._measure import beats
     from implementations._runner import make_context
-    from implementations.self_distillation.byot_zhang2019 import Q_DECAY, QUESTION, reproduce
+    from implementations.self_distillation.byot_zhang2019 import reproduce
+    from implementations.self_distillation.byot_zhang2019.experiment import Q_DECAY, QUESTION
     from kb.results import Result
 
     monkeypatch.setenv("KB_CACHE", str(tmp_path / "cache"))

@@ -69,7 +69,8 @@ def test_smoke_cohort_has_k_peers_and_deploys_the_first() -> None:
 
 def test_quick_reproduction_is_schema_valid(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from implementations._runner import make_context
-    from implementations.mutual_learning.dml_zhang2018 import Q_PENALTY, Q_TEACHER, reproduce
+    from implementations.mutual_learning.dml_zhang2018 import reproduce
+    from implementations.mutual_learning.dml_zhang2018.experiment import Q_PENALTY, Q_TEACHER
     from kb.results import Result
 
     monkeypatch.setenv("KB_CACHE", str(tmp_path / "cache"))

@@ -62,7 +62,8 @@ def test_index_entropy_in_bits() -> None:
 
 def test_quick_reproduction_is_schema_valid(tmp_path: Path) -> None:
     from implementations._runner import make_context
-    from implementations.quantization.hessianquant_choi2017 import SETTING, reproduce
+    from implementations.quantization.hessianquant_choi2017 import reproduce
+    from implementations.quantization.hessianquant_choi2017.experiment import SETTING
     from kb.results import Result
 
     ctx = make_context("quick", results_dir=tmp_path / "results", device="cpu")

@@ -82,7 +82,8 @@ def test_only_the_noise_is_trained_and_networks_stay_frozen() -> None:
 
 def test_quick_reproduction_is_schema_valid(tmp_path: Path) -> None:
     from implementations._runner import make_context
-    from implementations.distillation.kdexplain_cheng2020 import QUESTIONS, reproduce
+    from implementations.distillation.kdexplain_cheng2020 import reproduce
+    from implementations.distillation.kdexplain_cheng2020.experiment import QUESTIONS
     from kb.results import Result
 
     ctx = make_context("quick", results_dir=tmp_path / "results", device="cpu")

@@ -81,7 +81,8 @@ def test_bn_calibration_stores_the_exact_statistics_of_the_configuration() -> No
 
 def test_quick_reproduction_is_schema_valid(tmp_path: Path) -> None:
     from implementations._runner import make_context
-    from implementations.mutual_learning.mutualnet_yang2020 import QUESTION, reproduce
+    from implementations.mutual_learning.mutualnet_yang2020 import reproduce
+    from implementations.mutual_learning.mutualnet_yang2020.experiment import QUESTION
     from kb.results import Result
 
     ctx = make_context("quick", results_dir=tmp_path / "results", device="cpu")

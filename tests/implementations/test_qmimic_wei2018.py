@@ -69,7 +69,8 @@ def test_teacher_is_frozen_and_the_mimic_term_is_a_per_entry_mean() -> None:
 
 def test_quick_reproduction_is_schema_valid(tmp_path: Path) -> None:
     from implementations._runner import make_context
-    from implementations.quantization.qmimic_wei2018 import QUESTION, reproduce
+    from implementations.quantization.qmimic_wei2018 import reproduce
+    from implementations.quantization.qmimic_wei2018.experiment import QUESTION
     from kb.results import Result
 
     ctx = make_context("quick", results_dir=tmp_path / "results", device="cpu")

@@ -62,7 +62,8 @@ def test_only_the_newest_res_student_learns_and_the_chain_adds_logits() -> None:
 
 def test_quick_reproduction_is_schema_valid(tmp_path: Path) -> None:
     from implementations._runner import make_context
-    from implementations.distillation.reskd_li2021 import QUESTIONS, reproduce
+    from implementations.distillation.reskd_li2021 import reproduce
+    from implementations.distillation.reskd_li2021.experiment import QUESTIONS
     from kb.results import Result
 
     ctx = make_context("quick", results_dir=tmp_path / "results", device="cpu")

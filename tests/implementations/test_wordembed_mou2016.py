@@ -9,7 +9,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from implementations.distillation.wordembed_mou2016 import (
-    SMALL,
     BagOfEmbeddings,
     Config,
     EmbeddingDistiller,
@@ -17,6 +16,7 @@ from implementations.distillation.wordembed_mou2016 import (
     embedding_distill_loss,
     synthetic_corpus,
 )
+from implementations.distillation.wordembed_mou2016.experiment import SMALL
 
 
 def test_precomputed_small_table_replaces_large_table_and_encoder() -> None:
