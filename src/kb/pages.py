@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from kb.schema import CATEGORIES, Paper, Registry
@@ -224,6 +224,10 @@ def paper_page(data: SiteData, paper: Paper) -> str:
                 f"tests `{impl.test}`", ""]
         if paper.status == "implemented":
             out += [f"::: {paper.module}", ""]
+            experiment = PurePosixPath(impl.path).parent / "experiment.py"
+            if impl.path.endswith("/__init__.py") and (data.root / experiment).is_file():
+                out += ["### The reproduction", "", f"`{experiment}` runs the small-scale experiment.", "",
+                        f"::: {paper.module}.experiment", "    options:", "      heading_level: 4", ""]
         else:
             out += ["The module is still a scaffold.", ""]
     out += ["## BibTeX", "", "```bibtex", paper_bibtex(paper).strip(), "```", ""]
