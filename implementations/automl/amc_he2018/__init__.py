@@ -280,7 +280,9 @@ def _uniform(amc: AMC) -> list[int]:
 
 def reproduce(ctx: RunContext) -> dict[str, Any]:
     """AMC (DDPG) vs uniform, greedy and random search at 50% FLOPs on a trained 1-D CNN, then fine-tuned.
-    The run is in `experiment.py`."""
+
+    The run is in `experiment.py`.
+    """
     from implementations.automl.amc_he2018.experiment import reproduce as run
 
     return run(ctx)

@@ -147,7 +147,9 @@ def uniform_channels(cfg: Config) -> tuple[int, ...]:
 
 def reproduce(ctx: RunContext) -> dict[str, Any]:
     """One-shot training, greedy slimming to the FLOPs of the 0.5x network, retraining from scratch, per seed.
-    The run is in `experiment.py`."""
+
+    The run is in `experiment.py`.
+    """
     from implementations.automl.autoslim_yu2019.experiment import reproduce as run
 
     return run(ctx)

@@ -182,7 +182,9 @@ class ConstraintAwareCompression:
 
 def reproduce(ctx: RunContext) -> dict[str, Any]:
     """Random search and constrained BO (fixed / linear / exponential / notes' cooling) at 0.2x FLOPs, per seed.
-    The run is in `experiment.py`."""
+
+    The run is in `experiment.py`.
+    """
     from implementations.automl.constraintaware_chen2018.experiment import reproduce as run
 
     return run(ctx)

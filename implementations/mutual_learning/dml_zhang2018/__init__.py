@@ -137,7 +137,9 @@ FULL = "CIFAR-100, two resnet32 peers (and a resnet32x4 teacher for the KD contr
 
 def reproduce(ctx: RunContext) -> dict[str, Any]:
     """Two peers alone, with DML, with the entropy-matched control, and a peer distilled from a larger teacher.
-    The run is in `experiment.py`."""
+
+    The run is in `experiment.py`.
+    """
     from implementations.mutual_learning.dml_zhang2018.experiment import reproduce as run
 
     return run(ctx)

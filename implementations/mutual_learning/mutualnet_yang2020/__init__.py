@@ -163,7 +163,9 @@ class MutualNet(MutualLearner):
 
 def reproduce(ctx: RunContext) -> dict[str, Any]:
     """MutualNet vs US-Net (same sandwich rule and distillation, one resolution) on the accuracy-FLOPs trade-off.
-    The run is in `experiment.py`."""
+
+    The run is in `experiment.py`.
+    """
     from implementations.mutual_learning.mutualnet_yang2020.experiment import reproduce as run
 
     return run(ctx)

@@ -168,7 +168,9 @@ class DatasetDistillation(nn.Module):
 
 def reproduce(ctx: RunContext) -> dict[str, Any]:
     """10 distilled examples vs 10 (and 100) random real ones, fixed and random initialisation, over `ctx.seeds`.
-    The run is in `experiment.py`."""
+
+    The run is in `experiment.py`.
+    """
     from implementations.other.datasetdistill_wang2018.experiment import reproduce as run
 
     return run(ctx)

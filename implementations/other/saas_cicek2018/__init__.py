@@ -175,7 +175,9 @@ class SaaS(nn.Module):
 
 def reproduce(ctx: RunContext) -> dict[str, Any]:
     """SaaS vs supervised-only and pseudo-labelling on MNIST-1D with 20 labels per class, over `ctx.seeds`.
-    The run is in `experiment.py`."""
+
+    The run is in `experiment.py`.
+    """
     from implementations.other.saas_cicek2018.experiment import reproduce as run
 
     return run(ctx)

@@ -163,7 +163,9 @@ class HybridCNN(nn.Module):
 
 def reproduce(ctx: RunContext) -> dict[str, Any]:
     """Full CNN on raw MNIST-1D vs scattering + the CNN's later stages, vs same-budget raw/pooled/strided inputs.
-    The run is in `experiment.py`."""
+
+    The run is in `experiment.py`.
+    """
     from implementations.other.scattering_oyallon2018.experiment import reproduce as run
 
     return run(ctx)

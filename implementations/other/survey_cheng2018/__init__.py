@@ -102,7 +102,9 @@ class SurveyComparison:
 
 def reproduce(ctx: RunContext) -> dict[str, Any]:
     """One method per family on the same trained MLP, plus two combinations, in one table and a Pareto plot.
-    The run is in `experiment.py`."""
+
+    The run is in `experiment.py`.
+    """
     from implementations.other.survey_cheng2018.experiment import reproduce as run
 
     return run(ctx)

@@ -196,7 +196,9 @@ datafree_prune.smoke_task = _smoke_task  # type: ignore[attr-defined]
 
 def reproduce(ctx: RunContext) -> dict[str, Any]:
     """Data-free merging vs plain deletion vs norm-based dropping of a wide MLP on digits, over `ctx.seeds`.
-    The run is in `experiment.py`."""
+
+    The run is in `experiment.py`.
+    """
     from implementations.pruning.datafree_srinivas2015.experiment import reproduce as run
 
     return run(ctx)

@@ -316,7 +316,9 @@ class DeepCompression(nn.Module):
 
 def reproduce(ctx: RunContext) -> dict[str, Any]:
     """Deep Compression of LeNet-300-100 (and of a compact 64-32-16 MLP) on digits, over `ctx.seeds`.
-    The run is in `experiment.py`."""
+
+    The run is in `experiment.py`.
+    """
     from implementations.pruning.deepcompression_han2016.experiment import reproduce as run
 
     return run(ctx)

@@ -265,7 +265,9 @@ energy_aware_prune.smoke_task = _smoke_task  # the generic smoke test calls it i
 def reproduce(ctx: RunContext) -> dict[str, Any]:
     """CNN1d on MNIST-1D: energy-aware pruning (energy order + least-squares refit) against global magnitude
     pruning at the same accuracy tolerance, both fine-tuned; ablations for the ordering and the refit.
-    The run is in `experiment.py`."""
+
+    The run is in `experiment.py`.
+    """
     from implementations.pruning.energyaware_yang2017.experiment import reproduce as run
 
     return run(ctx)

@@ -121,7 +121,9 @@ class L1FilterPruning(nn.Module):
 
 def reproduce(ctx: RunContext) -> dict[str, Any]:
     """Dense CNN1d on MNIST-1D; sensitivity scan; L1 vs random filter removal + retraining; narrow net from scratch.
-    The run is in `experiment.py`."""
+
+    The run is in `experiment.py`.
+    """
     from implementations.pruning.l1filter_li2017.experiment import reproduce as run
 
     return run(ctx)

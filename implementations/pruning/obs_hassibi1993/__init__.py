@@ -266,7 +266,9 @@ class OBS(nn.Module):
 
 def reproduce(ctx: RunContext) -> dict[str, Any]:
     """Magnitude, OBD and OBS pruning without retraining of the same trained MLP on digits, over `ctx.seeds`.
-    The run is in `experiment.py`."""
+
+    The run is in `experiment.py`.
+    """
     from implementations.pruning.obs_hassibi1993.experiment import reproduce as run
 
     return run(ctx)

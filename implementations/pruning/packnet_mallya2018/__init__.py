@@ -196,7 +196,9 @@ def class_split(data: TensorData, classes: Sequence[int]) -> TensorData:
 def reproduce(ctx: RunContext) -> dict[str, Any]:
     """Five 2-way MNIST-1D tasks added to one CNN1d by PackNet (p = 0.75 and 0.5), against sequential
     fine-tuning and one independent network per task, all with the same epochs per task.
-    The run is in `experiment.py`."""
+
+    The run is in `experiment.py`.
+    """
     from implementations.pruning.packnet_mallya2018.experiment import reproduce as run
 
     return run(ctx)

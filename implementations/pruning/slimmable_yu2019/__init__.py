@@ -201,7 +201,9 @@ class SlimmableNet(nn.Module):
 
 def reproduce(ctx: RunContext) -> dict[str, Any]:
     """Slimmable (switchable BN) and shared-BN nets against one network trained alone per width, same seeds/epochs.
-    The run is in `experiment.py`."""
+
+    The run is in `experiment.py`.
+    """
     from implementations.pruning.slimmable_yu2019.experiment import reproduce as run
 
     return run(ctx)

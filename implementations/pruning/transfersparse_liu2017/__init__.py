@@ -158,7 +158,9 @@ class SparseTransfer(nn.Module):
 
 def reproduce(ctx: RunContext) -> dict[str, Any]:
     """MNIST-1D digits 0-4 (source, all data) -> 5-9 (target, few labels): transfer sparse net vs prune on target.
-    The run is in `experiment.py`."""
+
+    The run is in `experiment.py`.
+    """
     from implementations.pruning.transfersparse_liu2017.experiment import reproduce as run
 
     return run(ctx)

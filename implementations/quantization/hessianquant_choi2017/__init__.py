@@ -127,7 +127,9 @@ def fisher_diagonal(model: nn.Module, x: Tensor, y: Tensor, chunk: int = 250) ->
 
 def reproduce(ctx: RunContext) -> dict[str, Any]:
     """Train once per seed; quantize all weight matrices jointly with k-means, HW k-means (Fisher, Adam) and uniform.
-    The run is in `experiment.py`."""
+
+    The run is in `experiment.py`.
+    """
     from implementations.quantization.hessianquant_choi2017.experiment import reproduce as run
 
     return run(ctx)

@@ -231,7 +231,9 @@ class LSQPlusPlus(nn.Module):
 
 def reproduce(ctx: RunContext) -> dict[str, Any]:
     """PQ vs LSQ vs LSQ++ at 32-bit codes on CNN features of MNIST-1D: error, recall@N, time; weights as a side test.
-    The run is in `experiment.py`."""
+
+    The run is in `experiment.py`.
+    """
     from implementations.quantization.lsqpp_martinez2018.experiment import reproduce as run
 
     return run(ctx)

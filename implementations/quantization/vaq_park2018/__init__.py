@@ -120,7 +120,9 @@ def quantize_model(model: nn.Module, bits: int, ratio: float, clip: bool = False
 
 def reproduce(ctx: RunContext) -> dict[str, Any]:
     """Train a CNN per seed, then post-training uniform, clip-at-tau and VAQ quantization of weights and activations.
-    The run is in `experiment.py`."""
+
+    The run is in `experiment.py`.
+    """
     from implementations.quantization.vaq_park2018.experiment import reproduce as run
 
     return run(ctx)

@@ -150,7 +150,9 @@ def exit_accuracies(task: MultiExit, data: Any) -> list[float]:
 
 def reproduce(ctx: RunContext) -> dict[str, Any]:
     """Plain network vs. BYOT, and BYOT with one or two of its terms switched off, over `ctx.seeds`.
-    The run is in `experiment.py`."""
+
+    The run is in `experiment.py`.
+    """
     from implementations.self_distillation.byot_zhang2019.experiment import reproduce as run
 
     return run(ctx)
