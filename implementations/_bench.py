@@ -96,12 +96,19 @@ def _distillers(registry: Any) -> list[tuple[str, type]]:
 
     out = []
     for paper in registry.papers:
-        if paper.status != "implemented" or paper.family != "distillation":
+        if paper.status != "implemented" or paper.family != "distillation" or paper.id in DISTILLERS_NOT_IN_PROTOCOL:
             continue
         entry = getattr(importlib.import_module(paper.module), paper.implementation.entrypoint)
         if inspect.isclass(entry) and issubclass(entry, Distiller):
             out.append((paper.id, entry))
     return out
+
+
+#: Distillers whose mechanism the shared protocol (one C-class teacher, one student) cannot host: paper id -> why.
+DISTILLERS_NOT_IN_PROTOCOL = {
+    "subclass_muller2020": "needs a teacher trained with C*s subclass logits and the auxiliary loss; the shared "
+                           "protocol trains one C-class teacher (its page compares it with ordinary KD)",
+}
 
 
 def bench_distillation(registry: Any, quick: bool = False, progress: bool = False) -> dict[str, Any]:
@@ -129,7 +136,7 @@ def bench_distillation(registry: Any, quick: bool = False, progress: bool = Fals
             seed_everything(seed)  # every student starts from the same weights
             student = build_model(cfg.student[0], data.num_classes, data.input_shape, width=cfg.student[1])
             try:
-                # a fresh copy of the teacher: a method may wrap or extend it (e.g. a subclass head)
+                # a fresh copy of the teacher: a method may wrap it or train parts attached to it
                 task = Supervised(student) if entry is None else entry(student, copy.deepcopy(teacher))
                 trainable = getattr(task, "trainable_parameters", None)
                 params = trainable() if callable(trainable) else student.parameters()
@@ -167,6 +174,7 @@ def bench_distillation(registry: Any, quick: bool = False, progress: bool = Fals
         "baseline": accuracy_stats(acc["student"]),
         "rows": rows,
         "failures": failures,
+        "excluded": {pid: why for pid, why in DISTILLERS_NOT_IN_PROTOCOL.items() if registry.get(pid) is not None},
         "wall_time_s": round(time.perf_counter() - started, 1),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }

@@ -262,3 +262,14 @@ def test_run_bench_pins_one_thread_and_restores_the_count(monkeypatch: pytest.Mo
         assert seen == [1] and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_distillation_leaderboard_leaves_out_what_its_protocol_cannot_host(registry) -> None:
+    """Subclass distillation needs a C*s-logit teacher; the shared protocol's C-class teacher is refused by it."""
+    from implementations import _bench
+
+    assert "subclass_muller2020" not in {pid for pid, _ in _bench._distillers(registry)}
+    bench = load_benchmark(ROOT / "results" / "benchmarks" / "distillation.json")
+    assert "subclass_muller2020" in bench.excluded
+    assert "subclass_muller2020" not in {row.paper for row in bench.rows}
+    assert not bench.failures
